@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+/* The scanner: walks one origin, reads tags of new or changed files (size or mtime differ from the
+ * catalog), and writes the catalog in batched transactions; rows not seen are removed at the end.
+ * Runs on the caller's thread; the manager runs it on a background thread. */
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "catalog.h"
+#include "origin.h"
+
+typedef struct ScanStats {
+        uint64_t seen;          /* audio files found by the walk */
+        uint64_t added, changed, unchanged, removed;
+        uint64_t unparsed;      /* listed under the Unknown names */
+        uint64_t failed;        /* skipped: the origin could not stat/open/read them */
+} ScanStats;
+
+typedef struct ScanHooks {
+        /* After every committed batch, on the scanning thread. */
+        void (*batch_committed)(const ScanStats *stats, void *userdata);
+        void *userdata;
+        atomic_bool *cancel;    /* checked between files; a cancelled scan removes nothing */
+} ScanHooks;
+
+/* 0 on completion, -ECANCELED when cancelled, other negative errno when the walk or catalog failed
+ * (the catalog keeps every batch committed before the failure). */
+int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const ScanHooks *hooks, ScanStats *ret);

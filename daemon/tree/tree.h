@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+/* The virtual tree: an immutable snapshot built from the catalog's files, shared by reference count.
+ * A rebuild makes a new Tree and publishes it in a TreeStore; readers that hold the old one keep
+ * using it until they drop it. No locks are needed to read a Tree.
+ *
+ * Building applies D2 (template), D3 (same rel_path + size on several origins = one file with
+ * replicas in priority order; distinct files on one virtual path get " (2)", " (3)" before the
+ * extension, ordered by origin priority then origin name then rel_path) and D4 (inode numbers are
+ * catalog node ids, root = 1). */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalog.h"
+#include "template.h"
+
+#define TREE_ROOT_INO 1
+
+typedef struct TreeReplica {
+        int64_t origin_id;
+        unsigned priority;
+        int64_t file_id;
+        char *rel_path;
+} TreeReplica;
+
+typedef struct TreeNode {
+        uint64_t ino;
+        uint64_t parent;        /* root's parent is itself */
+        char *name;             /* "" for root */
+        bool is_dir;
+        uint64_t size;          /* files */
+        int64_t mtime_ns;       /* files: origin mtime; dirs: newest below */
+        /* directories: children sorted by name (strcmp) */
+        struct TreeNode **children;
+        size_t n_children;
+        /* files: replicas, preferred first */
+        TreeReplica *replicas;
+        size_t n_replicas;
+} TreeNode;
+
+typedef struct Tree Tree;
+
+/* Builds a tree. Assigns inode numbers through the catalog (catalog_nodes_*). */
+int tree_build(Catalog *catalog, const Template *tpl, const CatalogFile *files, size_t n_files, Tree **ret);
+/* An empty tree (root only), for the moment before the catalog is read. */
+int tree_new_empty(Tree **ret);
+
+Tree *tree_ref(Tree *t);
+void tree_unref(Tree *t);       /* NULL is fine */
+
+const TreeNode *tree_get(const Tree *t, uint64_t ino);         /* NULL when unknown */
+const TreeNode *tree_lookup(const Tree *t, uint64_t parent_ino, const char *name);
+uint64_t tree_track_count(const Tree *t);
+uint64_t tree_node_count(const Tree *t);
+/* Path of a node relative to the root ("Artist/Album/01 - x.flac"), newly allocated. */
+char *tree_node_path(const Tree *t, const TreeNode *n);
+
+/* Differences between two trees, for kernel cache invalidation: for each entry that disappeared or
+ * changed (different inode, size or mtime) calls entry_fn(parent_ino, name); for each directory
+ * whose listing changed calls inode_fn(ino). */
+typedef void (*tree_entry_fn)(uint64_t parent_ino, const char *name, void *userdata);
+typedef void (*tree_inode_fn)(uint64_t ino, void *userdata);
+void tree_diff(const Tree *old, const Tree *new, tree_entry_fn entry_fn, tree_inode_fn inode_fn, void *userdata);
+
+/* The published tree. tree_store_get() returns a new reference (never NULL once initialised). */
+typedef struct TreeStore TreeStore;
+int tree_store_new(Tree *initial, TreeStore **ret);    /* takes the reference */
+void tree_store_free(TreeStore *s);
+Tree *tree_store_get(TreeStore *s);
+/* Publishes t (takes the reference) and returns the previous tree (caller unrefs). */
+Tree *tree_store_publish(TreeStore *s, Tree *t);
