@@ -51,7 +51,7 @@ int catalog_quick_check(Catalog *c);    /* 0 or -EBADMSG */
 
 /* Origins: returns the row id for name, inserting or updating url/priority. */
 int catalog_origin_ensure(Catalog *c, const char *name, const char *url, unsigned priority, int64_t *ret_id);
-int catalog_origin_remove(Catalog *c, const char *name);       /* and its files */
+int catalog_origin_remove(Catalog *c, const char *name);       /* and its files; -ENOENT when unknown */
 
 /* All files of every origin, ordered by (origin priority, origin name, rel_path). */
 int catalog_load_files(Catalog *c, CatalogFile **ret, size_t *ret_n);
@@ -60,12 +60,17 @@ int catalog_load_origin_files(Catalog *c, int64_t origin_id, CatalogFile **ret, 
 int catalog_count_files(Catalog *c, uint64_t *ret);
 
 /* Scans: a generation stamps every row seen; rows of the origin not stamped by the end are removed.
- * A batch is one transaction (the "catalog-commit" failpoint fires at its commit). */
+ * A batch is one transaction (the "catalog-commit" failpoint fires at its commit). It holds the
+ * catalog's lock from begin to commit/abort: other threads wait meanwhile, so read tags before
+ * beginning a batch; the batch belongs to the thread that began it, and that thread calling any
+ * other catalog function before ending it gets -EDEADLK. A failed upsert/touch whose error cost
+ * SQLite the whole transaction (I/O, disk full) makes commit fail with that error; other failures
+ * (e.g. -EINVAL for an unknown origin_id) cost only that row. scan_begin: -ENOENT unknown origin. */
 typedef struct CatalogBatch CatalogBatch;
 int catalog_scan_begin(Catalog *c, int64_t origin_id, int64_t *ret_generation);
 int catalog_batch_begin(Catalog *c, CatalogBatch **ret);
 int catalog_batch_upsert(CatalogBatch *b, const CatalogFile *f, int64_t generation);  /* new or changed */
-int catalog_batch_touch(CatalogBatch *b, int64_t origin_id, const char *rel_path, int64_t generation); /* unchanged */
+int catalog_batch_touch(CatalogBatch *b, int64_t origin_id, const char *rel_path, int64_t generation); /* unchanged; -ENOENT: no such row */
 int catalog_batch_commit(CatalogBatch *b);     /* frees b, success or not */
 void catalog_batch_abort(CatalogBatch *b);     /* rolls back, frees b; NULL is fine */
 int catalog_scan_finish(Catalog *c, int64_t origin_id, int64_t generation, uint64_t *ret_removed);
