@@ -69,14 +69,16 @@ int failpoint_errno_from_name(const char *name);        /* "EIO" -> 5, unknown -
 const char *failpoint_name(FailpointId id);
 int failpoint_id_from_name(const char *name);           /* -ENOENT when unknown */
 
-/* Registry. arm: -ENOENT unknown point, -EINVAL bad actions (reason set). */
+/* Registry. arm: -ENOENT unknown point, -EINVAL bad actions; *ret_reason is set in both cases (NULL
+ * otherwise), so free it whatever the result. */
 int failpoint_arm(const char *name, const char *actions, char **ret_reason);
 int failpoint_disarm(const char *name);
 void failpoint_disarm_all(void);
 /* All known points in FAILPOINT_LIST order; free with failpoint_info_free(). */
 int failpoint_list(FailpointInfo **ret, size_t *ret_n);
 void failpoint_info_free(FailpointInfo *a, size_t n);
-/* "name=actions;name=actions" as in MUSICFS_FAILPOINTS. Arms nothing unless everything parses. */
+/* "name=actions;name=actions" as in MUSICFS_FAILPOINTS. Arms nothing unless everything parses;
+ * an unknown name is -EINVAL here, with the reason. */
 int failpoint_arm_from_string(const char *s, char **ret_reason);
 
 /* Evaluate: 0 to carry on, or a negative errno the caller must return. May block (sleep, pause). */

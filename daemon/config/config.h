@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 /* Configuration (DESIGN.md D15): embedded defaults, then /etc/musicfs/musicfsd.conf (or --config),
- * then musicfsd.conf.d/*.conf drop-ins in lexical order, then command-line flags. INI parsed by
+ * then the musicfsd.conf.d/NAME.conf drop-ins in lexical order, then command-line flags. INI parsed by
  * libinih. Owns the Config struct and nothing else; applying a config is the manager's job.
  *
  * File format:
@@ -12,6 +12,9 @@
  *   entry_timeout = 86400   (seconds; attr_timeout likewise)
  *   [origin "NAME"]    (or [origin.NAME])
  *   kind = local   path = /srv/music-files   priority = 10
+ * One "key = value" per line (at most 197 characters); indentation is allowed; a value in double
+ * quotes keeps the blanks at its ends; '#' or ';' starts a comment line, " ;" an inline comment.
+ * Drop-ins amend the origin of the same name; a name defined twice in one file is an error.
  */
 #include <stdbool.h>
 #include <stddef.h>

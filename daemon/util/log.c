@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -49,7 +50,9 @@ static int stderr_is_journal(void) {
 int log_internal(int level, int error, const char *func, const char *format, ...) {
         static const char *const prefix[] = { "emerg", "alert", "crit", "error", "warning", "notice", "info", "debug" };
         int saved_errno = errno;
-        if (error < 0)
+        if (error == INT_MIN)   /* has no positive counterpart */
+                error = EIO;
+        else if (error < 0)
                 error = -error;
 
         if (level <= atomic_load(&log_max_level)) {
