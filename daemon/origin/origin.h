@@ -51,12 +51,15 @@ ssize_t origin_pread(OriginFile *f, void *buf, size_t size, uint64_t offset);
 ssize_t origin_pread_full(OriginFile *f, void *buf, size_t size, uint64_t offset);
 void origin_close(OriginFile *f);
 int origin_walk(Origin *o, origin_walk_fn fn, void *userdata);
+int origin_check(Origin *o);    /* the health probe through the vtable: 0 healthy */
 void origin_free(Origin *o);
 
 typedef struct OriginSet OriginSet;
 int origin_set_new(OriginSet **ret);
 void origin_set_free(OriginSet *s);     /* frees the origins too */
-int origin_set_add(OriginSet *s, Origin *o);    /* takes ownership; -EEXIST on a duplicate name */
+/* Takes ownership on success; on an error (-EEXIST on a duplicate name) the caller still owns o.
+ * Safe while other threads read the set. */
+int origin_set_add(OriginSet *s, Origin *o);
 Origin *origin_set_get(OriginSet *s, int64_t id);      /* NULL when unknown */
 size_t origin_set_size(OriginSet *s);
-Origin *origin_set_at(OriginSet *s, size_t i);         /* priority order */
+Origin *origin_set_at(OriginSet *s, size_t i);         /* priority order, then name; NULL past the end */

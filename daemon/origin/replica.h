@@ -15,6 +15,6 @@ typedef struct ReplicaReader ReplicaReader;
 /* Opens the first replica that opens; -ENOENT/-EIO etc. when none does. */
 int replica_reader_open(OriginSet *origins, const TreeNode *file, ReplicaReader **ret);
 /* Reads up to size bytes at offset (short only at EOF); on an error from the current replica the
- * next one is opened and the read retried there. */
+ * next one is opened and the read retried there. Several threads may read one reader at once. */
 ssize_t replica_reader_read(ReplicaReader *r, void *buf, size_t size, uint64_t offset);
 void replica_reader_close(ReplicaReader *r);
