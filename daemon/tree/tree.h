@@ -6,8 +6,10 @@
  *
  * Building applies D2 (template), D3 (same rel_path + size on several origins = one file with
  * replicas in priority order; distinct files on one virtual path get " (2)", " (3)" before the
- * extension, ordered by origin priority then origin name then rel_path) and D4 (inode numbers are
- * catalog node ids, root = 1). */
+ * extension, ordered by the preferred replica's origin priority, then origin id (the catalog row id:
+ * stable, and independent of the order files are passed in), then rel_path; a directory and a file on
+ * one path: the directory keeps it, the file is suffixed) and D4 (inode numbers are catalog node
+ * ids, root = 1). A missing track number renders nothing (see template.c). */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -56,9 +58,12 @@ uint64_t tree_node_count(const Tree *t);
 /* Path of a node relative to the root ("Artist/Album/01 - x.flac"), newly allocated. */
 char *tree_node_path(const Tree *t, const TreeNode *n);
 
-/* Differences between two trees, for kernel cache invalidation: for each entry that disappeared or
- * changed (different inode, size or mtime) calls entry_fn(parent_ino, name); for each directory
- * whose listing changed calls inode_fn(ino). */
+/* Differences between two trees, for kernel cache invalidation. For every directory present in both
+ * (same inode, same place): entry_fn(dir, name) for each child name that disappeared, appeared (the
+ * kernel may hold a negative entry), points to a different inode or type, or is a file whose size or
+ * mtime changed; inode_fn(file) for such a changed file; inode_fn(dir) when its listing (names,
+ * inodes) or its mtime changed. Entries below a directory that is gone are not reported one by one:
+ * invalidating the directory's own entry drops them. Linear in the size of the trees. */
 typedef void (*tree_entry_fn)(uint64_t parent_ino, const char *name, void *userdata);
 typedef void (*tree_inode_fn)(uint64_t ino, void *userdata);
 void tree_diff(const Tree *old, const Tree *new, tree_entry_fn entry_fn, tree_inode_fn inode_fn, void *userdata);
