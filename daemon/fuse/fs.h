@@ -26,6 +26,9 @@ int fusefs_mount(const FuseFsOptions *opts, TreeStore *trees, OriginSet *origins
 int fusefs_start(FuseFs *fs);
 /* After tree_store_publish(): tells the kernel which entries and directories changed. */
 void fusefs_tree_changed(FuseFs *fs, const Tree *old, const Tree *new);
+/* Changes the entry and attribute timeouts given in replies from now on (a SIGHUP reload); what the
+ * kernel already caches keeps its old timeout. Thread-safe. (Added by the manager, H7.) */
+void fusefs_set_timeouts(FuseFs *fs, double entry_timeout, double attr_timeout);
 /* False when every worker has been busy with its current request for longer than max_busy_usec,
  * i.e. the filesystem can make no progress: the watchdog's proof of life. One slow read is fine. */
 bool fusefs_alive(FuseFs *fs, uint64_t max_busy_usec);
