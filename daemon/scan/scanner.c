@@ -1,1 +1,385 @@
-/* placeholder: being written */
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "failpoint.h"
+#include "log.h"
+#include "macro.h"
+#include "scanner.h"
+#include "tags.h"
+
+#define SCAN_BATCH_SIZE_DEFAULT 256
+#define SCAN_BATCH_SIZE_MAX 65536
+
+/* The origin's rows as the catalog had them when the scan began, found by rel_path without a query
+ * per file: open addressing with linear probing over indexes into the loaded array, at most half
+ * full. */
+typedef struct KnownFiles {
+        CatalogFile *files;
+        size_t n_files;
+        size_t *slots;          /* index + 1 into files; 0 = empty */
+        size_t mask;
+} KnownFiles;
+
+static uint64_t path_hash(const char *s) {
+        uint64_t h = UINT64_C(14695981039346656037);     /* FNV-1a */
+        for (; *s; s++) {
+                h ^= (unsigned char) *s;
+                h *= UINT64_C(1099511628211);
+        }
+        return h;
+}
+
+static int known_files_load(KnownFiles *k, Catalog *catalog, int64_t origin_id) {
+        size_t n_slots = 16;
+        int r;
+
+        r = catalog_load_origin_files(catalog, origin_id, &k->files, &k->n_files);
+        if (r < 0)
+                return r;
+
+        while (n_slots < k->n_files * 2)
+                n_slots *= 2;
+        k->slots = calloc(n_slots, sizeof *k->slots);
+        if (!k->slots)
+                return -ENOMEM;
+        k->mask = n_slots - 1;
+
+        for (size_t i = 0; i < k->n_files; i++) {
+                size_t at = path_hash(k->files[i].rel_path) & k->mask;
+                while (k->slots[at] != 0)
+                        at = (at + 1) & k->mask;
+                k->slots[at] = i + 1;
+        }
+        return 0;
+}
+
+static const CatalogFile *known_files_get(const KnownFiles *k, const char *rel_path) {
+        if (!k->slots)
+                return NULL;
+        for (size_t at = path_hash(rel_path) & k->mask; k->slots[at] != 0; at = (at + 1) & k->mask) {
+                const CatalogFile *f = &k->files[k->slots[at] - 1];
+                if (strcmp(f->rel_path, rel_path) == 0)
+                        return f;
+        }
+        return NULL;
+}
+
+static void known_files_done(KnownFiles *k) {
+        catalog_files_free(k->files, k->n_files);
+        free(k->slots);
+        *k = (KnownFiles) {};
+}
+
+/* What the scan will write for one file. Tags are read before the batch opens, so the catalog's
+ * write lock is held only for the writes themselves, never across origin reads. */
+typedef enum PendingKind {
+        PENDING_UNCHANGED,      /* same size and mtime: stamp the row */
+        PENDING_KEEP,           /* changed but unreadable this time: stamp the old row, retry next scan */
+        PENDING_UPSERT,         /* new or changed: write the row */
+} PendingKind;
+
+typedef struct Pending {
+        PendingKind kind;
+        bool existed;
+        CatalogFile file;       /* rel_path owned; tags owned for an upsert */
+} Pending;
+
+typedef struct Scan {
+        Catalog *catalog;
+        Origin *origin;
+        const ScanHooks *hooks;
+        int64_t generation;
+        KnownFiles known;
+        ScanStats stats;
+
+        Pending *pending;
+        size_t n_pending;
+        size_t batch_size;
+
+        int error;      /* why the walk callback stopped the walk */
+} Scan;
+
+static void pending_clear(Scan *s) {
+        for (size_t i = 0; i < s->n_pending; i++)
+                catalog_file_free_members(&s->pending[i].file);
+        s->n_pending = 0;
+}
+
+static bool scan_cancelled(const Scan *s) {
+        return s->hooks && s->hooks->cancel && atomic_load(s->hooks->cancel);
+}
+
+/* Writes the pending files in one transaction. A file whose row cannot be written is counted as
+ * failed and the batch goes on; when the failure took the whole transaction with it, the commit
+ * says so and the scan stops. */
+static int scan_flush(Scan *s) {
+        CatalogBatch *b = NULL;
+        ScanStats stats = s->stats;
+        const char *first_failed = NULL;
+        unsigned n_failed = 0;
+        int r, first_error = 0;
+
+        if (s->n_pending == 0)
+                return 0;
+
+        r = catalog_batch_begin(s->catalog, &b);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot start a catalog batch: %m", s->origin->name);
+
+        for (size_t i = 0; i < s->n_pending; i++) {
+                Pending *p = &s->pending[i];
+
+                if (p->kind == PENDING_UPSERT) {
+                        r = catalog_batch_upsert(b, &p->file, s->generation);
+                        if (r >= 0) {
+                                if (p->existed)
+                                        stats.changed++;
+                                else
+                                        stats.added++;
+                                if (!p->file.parsed)
+                                        stats.unparsed++;
+                                continue;
+                        }
+                        if (n_failed++ == 0) {
+                                first_failed = p->file.rel_path;
+                                first_error = r;
+                        }
+                        stats.failed++;
+                        if (!p->existed)
+                                continue;
+                        /* Keep its old row rather than let the end of the scan remove it. */
+                }
+
+                r = catalog_batch_touch(b, s->origin->id, p->file.rel_path, s->generation);
+                if (r >= 0) {
+                        if (p->kind == PENDING_UNCHANGED)
+                                stats.unchanged++;
+                } else if (r == -ENOENT)        /* the row went away since we loaded it; nothing to keep */
+                        log_debug("Origin %s: %s left the catalog during the scan", s->origin->name, p->file.rel_path);
+                else if (p->kind != PENDING_UPSERT) {   /* an upsert that failed is counted already */
+                        if (n_failed++ == 0) {
+                                first_failed = p->file.rel_path;
+                                first_error = r;
+                        }
+                        stats.failed++;
+                }
+        }
+        /* One line per batch: when the transaction itself is lost, every file fails alike. */
+        if (n_failed > 0)
+                log_warning_errno(first_error, "Origin %s: cannot write %s to the catalog%s: %m",
+                                  s->origin->name, first_failed, n_failed > 1 ? " (and other files of this batch)" : "");
+
+        r = catalog_batch_commit(b);
+        pending_clear(s);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: catalog batch failed: %m", s->origin->name);
+        s->stats = stats;
+
+        /* The resilience suite stops scans here, between two committed batches. */
+        r = FAILPOINT(SCAN_BATCH);
+        if (r < 0)
+                return log_warning_errno(r, "Origin %s: scan stopped after a batch (failpoint): %m", s->origin->name);
+
+        if (s->hooks && s->hooks->batch_committed)
+                s->hooks->batch_committed(&s->stats, s->hooks->userdata);
+        return 0;
+}
+
+static Pending *pending_add(Scan *s, PendingKind kind, const char *rel_path, const OriginStat *st, const char *ext, bool existed) {
+        Pending *p = &s->pending[s->n_pending];
+
+        *p = (Pending) {
+                .kind = kind,
+                .existed = existed,
+                .file = {
+                        .origin_id = s->origin->id,
+                        .rel_path = strdup(rel_path),
+                        .size = st->size,
+                        .mtime_ns = st->mtime_ns,
+                },
+        };
+        if (!p->file.rel_path)
+                return NULL;
+        if (ext) {
+                p->file.format = strdup(ext);
+                if (!p->file.format) {
+                        free(p->file.rel_path);
+                        return NULL;
+                }
+        }
+        s->n_pending++;
+        return p;
+}
+
+/* Opens and parses one new or changed file. 0 with *ret_parsed set, or the origin's error. */
+static int scan_read_tags(Scan *s, const char *rel_path, uint64_t size, TrackTags *ret, bool *ret_parsed) {
+        OriginFile *f = NULL;
+        int r;
+
+        r = FAILPOINT(SCAN_FILE);
+        if (r < 0)
+                return r;
+
+        r = origin_open(s->origin, rel_path, &f);
+        if (r < 0)
+                return r;
+        r = tags_read(f, size, ret);
+        origin_close(f);
+
+        if (r == -EBADMSG) {
+                log_info("Origin %s: cannot read tags of %s, listing under Unknown", s->origin->name, rel_path);
+                *ret_parsed = false;
+                return 0;
+        }
+        if (r < 0)
+                return r;
+        *ret_parsed = true;
+        return 0;
+}
+
+static int scan_oom(Scan *s) {
+        return log_error_errno(ENOMEM, "Origin %s: out of memory, scan stopped: %m", s->origin->name);
+}
+
+static int scan_file(const char *rel_path, const OriginStat *st, void *userdata) {
+        Scan *s = userdata;
+        const CatalogFile *known;
+        const char *ext;
+        Pending *p;
+        int r;
+
+        if (scan_cancelled(s))
+                return (s->error = -ECANCELED);
+
+        if (!tags_audio_extension(rel_path, &ext))
+                return 0;
+        s->stats.seen++;
+
+        known = known_files_get(&s->known, rel_path);
+        if (known && known->size == st->size && known->mtime_ns == st->mtime_ns) {
+                if (!pending_add(s, PENDING_UNCHANGED, rel_path, st, NULL, true))
+                        return (s->error = scan_oom(s));
+        } else {
+                TrackTags tags = {};
+                bool parsed = false;
+
+                r = scan_read_tags(s, rel_path, st->size, &tags, &parsed);
+                if (r < 0) {
+                        log_warning_errno(r, "Origin %s: cannot read %s, skipping it: %m", s->origin->name, rel_path);
+                        s->stats.failed++;
+                        /* A row it had stays until a scan can read the file again. */
+                        if (known && !pending_add(s, PENDING_KEEP, rel_path, st, NULL, true))
+                                return (s->error = scan_oom(s));
+                } else {
+                        p = pending_add(s, PENDING_UPSERT, rel_path, st, ext, known);
+                        if (!p) {
+                                track_tags_free(&tags);
+                                return (s->error = scan_oom(s));
+                        }
+                        p->file.parsed = parsed;
+                        p->file.tags = tags;
+                }
+        }
+
+        if (s->n_pending >= s->batch_size) {
+                r = scan_flush(s);
+                if (r < 0)
+                        return (s->error = r);
+        }
+        return 0;
+}
+
+static void scan_done(Scan *s) {
+        pending_clear(s);
+        free(s->pending);
+        known_files_done(&s->known);
+}
+
+int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const ScanHooks *hooks, ScanStats *ret) {
+        _cleanup_(scan_done) Scan s = {
+                .catalog = catalog,
+                .origin = origin,
+                .hooks = hooks,
+                .batch_size = batch_size == 0 ? SCAN_BATCH_SIZE_DEFAULT :
+                              batch_size > SCAN_BATCH_SIZE_MAX ? SCAN_BATCH_SIZE_MAX : batch_size,
+        };
+        uint64_t removed = 0;
+        int r;
+
+        if (ret)
+                *ret = (ScanStats) {};
+        if (!catalog || !origin)
+                return -EINVAL;
+
+        /* Idempotent; here so that no caller can forget it and let libavformat write to stderr. */
+        tags_init();
+
+        s.pending = calloc(s.batch_size, sizeof *s.pending);
+        if (!s.pending)
+                return -ENOMEM;
+
+        r = known_files_load(&s.known, catalog, origin->id);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot load its catalog rows: %m", origin->name);
+
+        r = catalog_scan_begin(catalog, origin->id, &s.generation);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot begin a scan: %m", origin->name);
+
+        r = origin_walk(origin, scan_file, &s);
+        if (r >= 0 && scan_cancelled(&s))
+                r = s.error = -ECANCELED;
+        if (s.error < 0)
+                r = s.error;
+
+        /* What was read before a cancel or a walk failure is good: keep it. After a catalog failure
+         * or a stop at the scan-batch failpoint there is nothing left, or nothing to be trusted. */
+        if (r >= 0 || r == -ECANCELED || s.error == 0) {
+                int k = scan_flush(&s);
+                if (r >= 0)
+                        r = k;
+        }
+        if (ret)
+                *ret = s.stats;
+
+        if (r == -ECANCELED) {
+                log_info("Origin %s: scan cancelled, nothing removed", origin->name);
+                return r;
+        }
+        if (r < 0) {
+                if (s.error == 0)       /* the walk itself failed (the root is gone, ...) */
+                        log_error_errno(r, "Origin %s: walk of %s failed, nothing removed: %m", origin->name, strna(origin->url));
+                return r;
+        }
+
+        /* Only a walk that saw the whole origin may remove what it did not see. A root removed
+         * during the walk still lists (empty) through the origin's open descriptor, and an
+         * unmounted disk leaves an empty mount point: neither may empty the library. */
+        r = origin_check(origin);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: %s is gone after the walk, nothing removed: %m",
+                                       origin->name, strna(origin->url));
+        if (s.stats.seen == 0 && s.known.n_files > 0) {
+                log_warning("Origin %s: %s has no audio files left; keeping its %zu catalogued files in case it "
+                            "is an unmounted disk (remove the origin to drop them)",
+                            origin->name, strna(origin->url), s.known.n_files);
+                return 0;
+        }
+
+        r = catalog_scan_finish(catalog, origin->id, s.generation, &removed);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot finish the scan: %m", origin->name);
+        s.stats.removed = removed;
+        if (ret)
+                *ret = s.stats;
+
+        log_info("Origin %s: scanned %" PRIu64 " files: %" PRIu64 " added, %" PRIu64 " changed, %" PRIu64 " removed, %"
+                 PRIu64 " unchanged, %" PRIu64 " unreadable tags, %" PRIu64 " failed",
+                 origin->name, s.stats.seen, s.stats.added, s.stats.changed, s.stats.removed,
+                 s.stats.unchanged, s.stats.unparsed, s.stats.failed);
+        return 0;
+}

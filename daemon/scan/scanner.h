@@ -24,5 +24,8 @@ typedef struct ScanHooks {
 } ScanHooks;
 
 /* 0 on completion, -ECANCELED when cancelled, other negative errno when the walk or catalog failed
- * (the catalog keeps every batch committed before the failure). */
+ * (the catalog keeps every batch committed before the failure). Rows are removed only after a
+ * complete walk of an origin that still passes origin_check() and still holds audio files (an empty
+ * mount point keeps its catalogued files). A file that cannot be read keeps the row it had.
+ * batch_size 0 means the default (256). Tags are read outside the catalog's transactions. */
 int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const ScanHooks *hooks, ScanStats *ret);

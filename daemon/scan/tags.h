@@ -15,8 +15,10 @@ bool tags_audio_extension(const char *name, const char **ret_ext);
 
 /* Reads tags of an open origin file of the given size into *ret (zeroed first).
  * 0: parsed; -EBADMSG: not a parseable audio file (caller lists it under the Unknown names);
- * other negative errno: the origin failed. Tag strings are valid UTF-8 (invalid bytes replaced),
- * at most 1024 bytes each, trimmed. Numbers take the part before '/' ("3/12" -> 3, disc_total 12). */
+ * other negative errno: the origin failed. Tag strings are valid UTF-8 (each byte of an invalid
+ * sequence becomes U+FFFD; control characters are dropped, tab/CR/LF become a space), at most 1024
+ * bytes each (cut on a character boundary), trimmed; NULL when empty. Numbers take the part before
+ * '/' ("3/12" -> 3, disc_total 12). Thread-safe: no shared state. */
 int tags_read(OriginFile *f, uint64_t size, TrackTags *ret);
 
 /* Silences libavformat's own logging (we log one line per bad file ourselves). Call once. */
