@@ -210,7 +210,11 @@ static int local_check(Origin *o) {
 
 /* The walk is iterative, with one open directory per level of the current branch, so a deep tree
  * costs heap rather than stack, and only running out of fds (returned, for the scanner to decide)
- * bounds its depth. */
+ * bounds its depth.
+ *
+ * An entry it cannot read is skipped, but not silently: it is counted and reported, because the
+ * scanner removes what a walk did not see, and a directory that failed with EIO this once must not
+ * take its files out of the library. */
 typedef struct WalkFrame {
         DIR *dir;
         dev_t dev;
@@ -221,7 +225,9 @@ typedef struct WalkFrame {
 typedef struct Walk {
         LocalOrigin *origin;
         origin_walk_fn fn;
+        origin_walk_skipped_fn skipped;
         void *userdata;
+        unsigned n_unread;      /* entries skipped for an error that hides what they hold */
         WalkFrame *frames;
         size_t n_frames;
         size_t n_allocated;
@@ -264,6 +270,19 @@ static bool errno_is_resource_shortage(int err) {
         return err == EMFILE || err == ENFILE || err == ENOMEM;
 }
 
+/* The entry is not there to read: removed (or replaced by a file) while we looked, a dangling
+ * symlink, a symlink loop. Nothing hides behind it, so the walk is no less complete for it. */
+static bool errno_is_gone(int err) {
+        return err == ENOENT || err == ENOTDIR || err == ELOOP;
+}
+
+/* w->path is an entry whose contents the walk could not learn. */
+static int walk_unread(Walk *w, int err) {
+        if (w->n_unread < INT_MAX)
+                w->n_unread++;
+        return w->skipped ? w->skipped(w->path, -err, w->userdata) : 0;
+}
+
 /* An entry we cannot use costs one log line, and the walk goes on; running out of fds or memory
  * stops it, since every later entry would fail the same way. */
 static int walk_skip(Walk *w, int err) {
@@ -274,7 +293,9 @@ static int walk_skip(Walk *w, int err) {
                                   w->origin->base.url, w->path);
         else
                 log_warning_errno(err, "Skipping %s/%s: %m", w->origin->base.url, w->path);
-        return 0;
+        if (errno_is_gone(err))
+                return 0;
+        return walk_unread(w, err);
 }
 
 /* Below the root a directory we cannot list is skipped; the root itself failing fails the walk. */
@@ -376,11 +397,12 @@ static int walk_entry(Walk *w, int dir_fd, const struct dirent *de, size_t path_
         return 0;
 }
 
-static int local_walk(Origin *o, origin_walk_fn fn, void *userdata) {
+static int local_walk(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata) {
         LocalOrigin *l = local_origin(o);
         _cleanup_(walk_done) Walk w = {
                 .origin = l,
                 .fn = fn,
+                .skipped = skipped,
                 .userdata = userdata,
         };
         size_t len;
@@ -404,14 +426,22 @@ static int local_walk(Origin *o, origin_walk_fn fn, void *userdata) {
                 errno = 0;
                 struct dirent *de = readdir(f->dir);
                 if (!de) {
-                        if (errno > 0) {
-                                int err = errno;
-                                w.path[parent_len] = '\0';
-                                log_warning_errno(err, "Failed to list %s%s%s, skipping the rest of it: %m",
-                                                  o->url, parent_len > 0 ? "/" : "", w.path);
-                        }
+                        int err = errno;
+
                         closedir(f->dir);
                         w.n_frames--;
+                        if (err <= 0)
+                                continue;
+
+                        w.path[parent_len] = '\0';
+                        /* Half a listing of the root is no walk of the origin. */
+                        if (w.n_frames == 0 || errno_is_resource_shortage(err))
+                                return log_error_errno(err, "Failed to list %s%s%s: %m",
+                                                       o->url, parent_len > 0 ? "/" : "", w.path);
+                        log_warning_errno(err, "Failed to list %s/%s, skipping the rest of it: %m", o->url, w.path);
+                        r = walk_unread(&w, err);
+                        if (r < 0)
+                                return r;
                         continue;
                 }
 
@@ -428,7 +458,7 @@ static int local_walk(Origin *o, origin_walk_fn fn, void *userdata) {
                         return r;
         }
 
-        return 0;
+        return (int) w.n_unread;
 }
 
 static void local_free(Origin *o) {

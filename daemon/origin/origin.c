@@ -95,10 +95,14 @@ void origin_close(OriginFile *f) {
                 f->ops->close(f);
 }
 
-int origin_walk(Origin *o, origin_walk_fn fn, void *userdata) {
+int origin_walk_full(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata) {
         if (!o || !fn)
                 return -EINVAL;
-        return o->ops->walk(o, fn, userdata);
+        return o->ops->walk(o, fn, skipped, userdata);
+}
+
+int origin_walk(Origin *o, origin_walk_fn fn, void *userdata) {
+        return origin_walk_full(o, fn, NULL, userdata);
 }
 
 int origin_check(Origin *o) {

@@ -22,13 +22,21 @@ typedef struct OriginStat {
  * skipped with one log line each). Return <0 to stop the walk with that error. */
 typedef int (*origin_walk_fn)(const char *rel_path, const OriginStat *st, void *userdata);
 
+/* Called, after its one log line, for every entry the walk skipped because the origin could not read
+ * it: a directory it cannot list or enter, an entry it cannot stat, a file it may not read (EACCES,
+ * EIO, ESTALE, ...; error is the negative errno). The origin may hold files at rel_path or below it
+ * that the walk did not report: they are unknown this time, not gone. Entries that are gone are not
+ * reported (removed while the walk looked, dangling or looping symlinks), nor directory loops.
+ * Return <0 to stop the walk with that error. */
+typedef int (*origin_walk_skipped_fn)(const char *rel_path, int error, void *userdata);
+
 typedef struct OriginOps {
         const char *kind;
         int (*stat)(Origin *o, const char *rel_path, OriginStat *ret);
         int (*open)(Origin *o, const char *rel_path, OriginFile **ret);
         ssize_t (*pread)(OriginFile *f, void *buf, size_t size, uint64_t offset);
         void (*close)(OriginFile *f);
-        int (*walk)(Origin *o, origin_walk_fn fn, void *userdata);
+        int (*walk)(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata); /* skipped may be NULL */
         int (*check)(Origin *o);        /* health probe: 0 healthy */
         void (*free)(Origin *o);
 } OriginOps;
@@ -50,7 +58,14 @@ ssize_t origin_pread(OriginFile *f, void *buf, size_t size, uint64_t offset);
 /* Reads exactly size bytes unless EOF comes first; returns the count or a negative errno. */
 ssize_t origin_pread_full(OriginFile *f, void *buf, size_t size, uint64_t offset);
 void origin_close(OriginFile *f);
+/* Walks the whole origin. Returns 0 when the walk was complete; a positive count of entries (mostly
+ * directories) that could not be read, each skipped and logged once, when it was not; a negative
+ * errno when it stopped: the origin's own directory cannot be listed, fds or memory ran out, or fn
+ * returned one. Only a complete walk tells what is no longer there: after an incomplete one, what
+ * lies under a skipped entry must be taken as still there. */
 int origin_walk(Origin *o, origin_walk_fn fn, void *userdata);
+/* The same, calling skipped (may be NULL) for each entry that a positive return counts. */
+int origin_walk_full(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata);
 int origin_check(Origin *o);    /* the health probe through the vtable: 0 healthy */
 void origin_free(Origin *o);
 

@@ -20,6 +20,7 @@
 typedef struct KnownFiles {
         CatalogFile *files;
         size_t n_files;
+        bool *seen;             /* by index into files: the walk reported it */
         size_t *slots;          /* index + 1 into files; 0 = empty */
         size_t mask;
 } KnownFiles;
@@ -44,7 +45,8 @@ static int known_files_load(KnownFiles *k, Catalog *catalog, int64_t origin_id) 
         while (n_slots < k->n_files * 2)
                 n_slots *= 2;
         k->slots = calloc(n_slots, sizeof *k->slots);
-        if (!k->slots)
+        k->seen = calloc(k->n_files + 1, sizeof *k->seen);
+        if (!k->slots || !k->seen)
                 return -ENOMEM;
         k->mask = n_slots - 1;
 
@@ -70,6 +72,7 @@ static const CatalogFile *known_files_get(const KnownFiles *k, const char *rel_p
 
 static void known_files_done(KnownFiles *k) {
         catalog_files_free(k->files, k->n_files);
+        free(k->seen);
         free(k->slots);
         *k = (KnownFiles) {};
 }
@@ -80,6 +83,7 @@ typedef enum PendingKind {
         PENDING_UNCHANGED,      /* same size and mtime: stamp the row */
         PENDING_KEEP,           /* changed but unreadable this time: stamp the old row, retry next scan */
         PENDING_UPSERT,         /* new or changed: write the row */
+        PENDING_UNREAD,         /* not seen, under an entry the walk could not read: stamp the row */
 } PendingKind;
 
 typedef struct Pending {
@@ -99,6 +103,11 @@ typedef struct Scan {
         Pending *pending;
         size_t n_pending;
         size_t batch_size;
+
+        char **unread;          /* rel_paths the walk skipped as unreadable */
+        size_t n_unread;
+        size_t n_unread_allocated;
+        uint64_t n_unstamped;   /* existing rows whose stamp could not be written */
 
         int error;      /* why the walk callback stopped the walk */
 } Scan;
@@ -158,9 +167,15 @@ static int scan_flush(Scan *s) {
                 if (r >= 0) {
                         if (p->kind == PENDING_UNCHANGED)
                                 stats.unchanged++;
+                        else if (p->kind == PENDING_UNREAD)
+                                stats.kept++;
                 } else if (r == -ENOENT)        /* the row went away since we loaded it; nothing to keep */
                         log_debug("Origin %s: %s left the catalog during the scan", s->origin->name, p->file.rel_path);
-                else if (p->kind != PENDING_UPSERT) {   /* an upsert that failed is counted already */
+                else {
+                        /* Unstamped, the end of the scan would remove it. */
+                        s->n_unstamped++;
+                        if (p->kind == PENDING_UPSERT)  /* counted already */
+                                continue;
                         if (n_failed++ == 0) {
                                 first_failed = p->file.rel_path;
                                 first_error = r;
@@ -260,6 +275,8 @@ static int scan_file(const char *rel_path, const OriginStat *st, void *userdata)
         s->stats.seen++;
 
         known = known_files_get(&s->known, rel_path);
+        if (known)
+                s->known.seen[known - s->known.files] = true;
         if (known && known->size == st->size && known->mtime_ns == st->mtime_ns) {
                 if (!pending_add(s, PENDING_UNCHANGED, rel_path, st, NULL, true))
                         return (s->error = scan_oom(s));
@@ -293,10 +310,91 @@ static int scan_file(const char *rel_path, const OriginStat *st, void *userdata)
         return 0;
 }
 
+/* The walk's origin_walk_skipped_fn. */
+static int scan_unread(const char *rel_path, int error, void *userdata) {
+        Scan *s = userdata;
+
+        if (s->n_unread == s->n_unread_allocated) {
+                size_t n = s->n_unread_allocated ? s->n_unread_allocated * 2 : 16;
+                char **a = reallocarray(s->unread, n, sizeof *a);
+                if (!a)
+                        return (s->error = scan_oom(s));
+                s->unread = a;
+                s->n_unread_allocated = n;
+        }
+        s->unread[s->n_unread] = strdup(rel_path);
+        if (!s->unread[s->n_unread])
+                return (s->error = scan_oom(s));
+        s->n_unread++;
+        return 0;
+}
+
+static int string_compare(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+typedef struct Prefix {
+        const char *s;
+        size_t len;
+} Prefix;
+
+static int prefix_compare(const void *key, const void *member) {
+        const Prefix *p = key;
+        const char *m = *(char *const *) member;
+        int c = strncmp(p->s, m, p->len);
+
+        if (c != 0)
+                return c;
+        return m[p->len] == '\0' ? 0 : -1;     /* m is longer, so it sorts after */
+}
+
+/* Whether rel_path, or a directory it lies in, is in the sorted unread list. */
+static bool scan_is_unread(const Scan *s, const char *rel_path) {
+        for (const char *p = rel_path;; p++)
+                if (*p == '/' || *p == '\0') {
+                        Prefix key = { .s = rel_path, .len = (size_t) (p - rel_path) };
+                        if (bsearch(&key, s->unread, s->n_unread, sizeof *s->unread, prefix_compare))
+                                return true;
+                        if (*p == '\0')
+                                return false;
+                }
+}
+
+/* What the walk could not read is unknown, not gone: stamps the rows it did not see below the
+ * entries it skipped, so that the end of the scan removes only what a readable part of the origin
+ * no longer has. */
+static int scan_keep_unread(Scan *s) {
+        int r;
+
+        qsort(s->unread, s->n_unread, sizeof *s->unread, string_compare);
+
+        for (size_t i = 0; i < s->known.n_files; i++) {
+                const CatalogFile *known = &s->known.files[i];
+
+                if (s->known.seen[i] || !scan_is_unread(s, known->rel_path))
+                        continue;
+                if (scan_cancelled(s))
+                        return -ECANCELED;
+
+                OriginStat st = { .size = known->size, .mtime_ns = known->mtime_ns };
+                if (!pending_add(s, PENDING_UNREAD, known->rel_path, &st, NULL, true))
+                        return scan_oom(s);
+                if (s->n_pending >= s->batch_size) {
+                        r = scan_flush(s);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return scan_flush(s);
+}
+
 static void scan_done(Scan *s) {
         pending_clear(s);
         free(s->pending);
         known_files_done(&s->known);
+        for (size_t i = 0; i < s->n_unread; i++)
+                free(s->unread[i]);
+        free(s->unread);
 }
 
 int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const ScanHooks *hooks, ScanStats *ret) {
@@ -330,19 +428,21 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
         if (r < 0)
                 return log_error_errno(r, "Origin %s: cannot begin a scan: %m", origin->name);
 
-        r = origin_walk(origin, scan_file, &s);
+        r = origin_walk_full(origin, scan_file, scan_unread, &s);
         if (r >= 0 && scan_cancelled(&s))
                 r = s.error = -ECANCELED;
         if (s.error < 0)
                 r = s.error;
+        unsigned n_unreadable = r > 0 ? (unsigned) r : 0;
 
         /* What was read before a cancel or a walk failure is good: keep it. After a catalog failure
          * or a stop at the scan-batch failpoint there is nothing left, or nothing to be trusted. */
         if (r >= 0 || r == -ECANCELED || s.error == 0) {
                 int k = scan_flush(&s);
-                if (r >= 0)
-                        r = k;
+                if (k < 0 && r >= 0)
+                        r = s.error = k;
         }
+        s.stats.unreadable = n_unreadable;
         if (ret)
                 *ret = s.stats;
 
@@ -367,6 +467,34 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
                 log_warning("Origin %s: %s has no audio files left; keeping its %zu catalogued files in case it "
                             "is an unmounted disk (remove the origin to drop them)",
                             origin->name, strna(origin->url), s.known.n_files);
+                return 0;
+        }
+
+        if (n_unreadable > 0) {
+                if (s.n_unread < n_unreadable) {
+                        /* Told that the walk was incomplete but not (everywhere) where: nothing can be
+                         * removed safely. */
+                        log_warning("Origin %s: scan of %s incomplete (%u entries unreadable); nothing removed",
+                                    origin->name, strna(origin->url), n_unreadable);
+                        return 0;
+                }
+                r = scan_keep_unread(&s);
+                if (ret)
+                        *ret = s.stats;
+                if (r == -ECANCELED) {
+                        log_info("Origin %s: scan cancelled, nothing removed", origin->name);
+                        return r;
+                }
+                if (r < 0)
+                        return log_error_errno(r, "Origin %s: cannot keep the files of unreadable directories, "
+                                               "nothing removed: %m", origin->name);
+                log_warning("Origin %s: %zu entries of %s could not be read (among them %s); keeping the %" PRIu64
+                            " catalogued files under them until they can",
+                            origin->name, s.n_unread, strna(origin->url), s.unread[0], s.stats.kept);
+        }
+        if (s.n_unstamped > 0) {
+                log_warning("Origin %s: %" PRIu64 " catalogued files could not be stamped as seen; nothing removed",
+                            origin->name, s.n_unstamped);
                 return 0;
         }
 

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 /* The scanner: walks one origin, reads tags of new or changed files (size or mtime differ from the
- * catalog), and writes the catalog in batched transactions; rows not seen are removed at the end.
+ * catalog), and writes the catalog in batched transactions; rows not seen are removed at the end,
+ * except those under what the walk could not read.
  * Runs on the caller's thread; the manager runs it on a background thread. */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -14,6 +15,8 @@ typedef struct ScanStats {
         uint64_t added, changed, unchanged, removed;
         uint64_t unparsed;      /* listed under the Unknown names */
         uint64_t failed;        /* skipped: the origin could not stat/open/read them */
+        uint64_t unreadable;    /* entries the walk could not read (mostly directories), see origin_walk() */
+        uint64_t kept;          /* catalogued files under those: unknown this time, so kept as they were */
 } ScanStats;
 
 typedef struct ScanHooks {
@@ -24,8 +27,10 @@ typedef struct ScanHooks {
 } ScanHooks;
 
 /* 0 on completion, -ECANCELED when cancelled, other negative errno when the walk or catalog failed
- * (the catalog keeps every batch committed before the failure). Rows are removed only after a
- * complete walk of an origin that still passes origin_check() and still holds audio files (an empty
- * mount point keeps its catalogued files). A file that cannot be read keeps the row it had.
+ * (the catalog keeps every batch committed before the failure). Rows are removed only after a walk
+ * that ran to its end, of an origin that still passes origin_check() and still holds audio files (an
+ * empty mount point keeps its catalogued files). A file that cannot be read keeps the row it had, and
+ * so does every file under an entry the walk had to skip as unreadable (a directory it could not
+ * list: EACCES, EIO, ...); the rest of the origin gets its removals as usual. Both count as success.
  * batch_size 0 means the default (256). Tags are read outside the catalog's transactions. */
 int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const ScanHooks *hooks, ScanStats *ret);

@@ -158,6 +158,48 @@ static void collected_done(Collected *c) {
         free(c->entries);
 }
 
+/* What origin_walk_full() reports as skipped. Plain C, no cmocka: it also runs in forked children. */
+typedef struct Skipped {
+        char *paths[16];
+        int errors[16];
+        size_t n;
+        int fail_with;          /* <0: return this from the first report */
+} Skipped;
+
+/* Both callbacks' userdata: collect() finds its Collected first. */
+typedef struct Walked {
+        Collected c;
+        Skipped sk;
+} Walked;
+
+static int collect_skipped(const char *rel_path, int error, void *userdata) {
+        Skipped *sk = &((Walked *) userdata)->sk;
+        if (sk->n < ELEMENTSOF(sk->paths)) {
+                sk->paths[sk->n] = strdup(rel_path);
+                sk->errors[sk->n] = error;
+        }
+        sk->n++;
+        return sk->fail_with;
+}
+
+static void skipped_done(Skipped *sk) {
+        for (size_t i = 0; i < sk->n && i < ELEMENTSOF(sk->paths); i++)
+                free(sk->paths[i]);
+        *sk = (Skipped) {};
+}
+
+/* The error skipped reported for path, or 0 when it did not report path exactly once. */
+static int skipped_error(const Skipped *sk, const char *path) {
+        int error = 0;
+        for (size_t i = 0; i < sk->n && i < ELEMENTSOF(sk->paths); i++)
+                if (sk->paths[i] && strcmp(sk->paths[i], path) == 0) {
+                        if (error != 0)
+                                return 0;
+                        error = sk->errors[i];
+                }
+        return error;
+}
+
 static const Entry *collected_find(const Collected *c, const char *path) {
         for (size_t i = 0; i < c->n; i++)
                 if (strcmp(c->entries[i].path, path) == 0)
@@ -373,15 +415,19 @@ static void test_walk(void **state) {
 }
 
 /* Permission faults need someone chmod stops: a child that drops to nobody. Each unusable entry
- * costs exactly one log line, and the walk carries on past it. */
+ * costs exactly one log line, the walk carries on past it, and it says it was incomplete: the count
+ * as its return, the entries through the skipped callback. */
 static void test_walk_unreadable(void **state) {
         Fixture *f = *state;
         char log_path[96];
 
         assert_int_equal(fchmod(f->dir_fd, 0755), 0);
         assert_int_equal(mkdirat(f->dir_fd, "ok", 0755), 0);
+        assert_int_equal(mkdirat(f->dir_fd, "ok/deeper", 0755), 0);
+        assert_int_equal(mkdirat(f->dir_fd, "ok/deeper/shut", 0755), 0);
         assert_int_equal(mkdirat(f->dir_fd, "locked", 0755), 0);
         assert_int_equal(mkdirat(f->dir_fd, "noexec", 0755), 0);
+        write_sized(f, "ok/deeper/shut/far.flac", 10);
         write_sized(f, "ok/song.flac", 11);
         write_sized(f, "ok/secret.flac", 12);
         write_sized(f, "locked/hidden.flac", 13);
@@ -391,7 +437,11 @@ static void test_walk_unreadable(void **state) {
         write_sized(f, "z.flac", 17);
         assert_int_equal(fchmodat(f->dir_fd, "ok/secret.flac", 0600, 0), 0);
         assert_int_equal(fchmodat(f->dir_fd, "locked", 0000, 0), 0);
+        assert_int_equal(fchmodat(f->dir_fd, "ok/deeper/shut", 0700, 0), 0);
         assert_int_equal(fchmodat(f->dir_fd, "noexec", 0644, 0), 0);
+        /* Gone, not unreadable: none of these makes the walk incomplete. */
+        assert_int_equal(symlinkat("nowhere", f->dir_fd, "dangling.flac"), 0);
+        assert_int_equal(symlinkat("self", f->dir_fd, "self"), 0);
 
         snprintf(log_path, sizeof log_path, "%s.log", f->dir);
         _cleanup_close_ int log_fd = open(log_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -406,15 +456,44 @@ static void test_walk_unreadable(void **state) {
                         _exit(77);
 
                 Origin *o = NULL;
-                Collected c = {};
-                if (origin_local_new("music", f->dir, 0, &o) < 0 || origin_walk(o, collect, &c) < 0)
+                Walked w = {};
+                if (origin_local_new("music", f->dir, 0, &o) < 0)
                         _exit(2);
-                qsort(c.entries, c.n, sizeof *c.entries, entry_compare);
-                if (c.n != 2 || strcmp(c.entries[0].path, "ok/song.flac") != 0 ||
-                    strcmp(c.entries[1].path, "z.flac") != 0)
+                /* Incomplete: four entries hide what they hold, and they are exactly the ones reported. */
+                if (origin_walk_full(o, collect, collect_skipped, &w) != 4 || w.sk.n != 4)
+                        _exit(2);
+                if (skipped_error(&w.sk, "locked") != -EACCES || skipped_error(&w.sk, "noexec") != -EACCES ||
+                    skipped_error(&w.sk, "ok/secret.flac") != -EACCES ||
+                    skipped_error(&w.sk, "ok/deeper/shut") != -EACCES)
+                        _exit(6);
+                qsort(w.c.entries, w.c.n, sizeof *w.c.entries, entry_compare);
+                if (w.c.n != 2 || strcmp(w.c.entries[0].path, "ok/song.flac") != 0 ||
+                    strcmp(w.c.entries[1].path, "z.flac") != 0)
                         _exit(3);
+                collected_done(&w.c);
+                skipped_done(&w.sk);
+
+                /* The log is checked for one line per entry: the walks below go elsewhere. */
+                int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+                if (null_fd < 0 || dup2(null_fd, STDERR_FILENO) < 0)
+                        _exit(7);
+
+                /* Without the callback the count still tells. */
+                Collected c = {};
+                if (origin_walk(o, collect, &c) != 4 || c.n != 2)
+                        _exit(8);
                 collected_done(&c);
+
+                /* The callback's error stops the walk at the first unreadable entry. */
+                w = (Walked) { .sk.fail_with = -ECANCELED };
+                if (origin_walk_full(o, collect, collect_skipped, &w) != -ECANCELED || w.sk.n != 1)
+                        _exit(9);
+                collected_done(&w.c);
+                skipped_done(&w.sk);
                 origin_free(o);
+                if (dup2(log_fd, STDERR_FILENO) < 0)
+                        _exit(7);
+                close(null_fd);
 
                 /* An origin whose own directory cannot be listed fails the walk and the check. */
                 char locked[96];
@@ -440,7 +519,9 @@ static void test_walk_unreadable(void **state) {
         assert_int_equal(WEXITSTATUS(status), 0);
 
         /* One "Skipping" line per unusable entry, then the locked origin's own failure. */
-        static const char *const skipped[] = { "/locked:", "/noexec:", "/ok/secret.flac:" };
+        static const char *const skipped[] = {
+                "/locked:", "/noexec:", "/ok/secret.flac:", "/ok/deeper/shut:", "/dangling.flac ", "/self:",
+        };
         unsigned skipped_seen[ELEMENTSOF(skipped)] = {};
         size_t lines = 0, skipping = 0;
         for (char *p = log, *nl; (nl = strchr(p, '\n')); p = nl + 1, lines++) {

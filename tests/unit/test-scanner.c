@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -561,6 +562,210 @@ static void test_origin_gone(void **state) {
         assert_stats(s, 7, 0, 0, 7, 1, 0, 0);
 }
 
+/* A scan with the file-system rights of nobody, so that modes locking others out lock the scan out
+ * too (root passes every permission check). Only this thread's fs uid changes, for the scan alone:
+ * the catalog stays open as it is, and no SQLite connection crosses a fork. 77 when we cannot. */
+static int scan_as_nobody(const Fixture *f, unsigned batch_size, ScanStats *ret) {
+        bool root = geteuid() == 0;
+        int r;
+
+        if (root) {
+                (void) setfsuid(65534);
+                if (setfsuid((uid_t) -1) != 65534) {    /* no CAP_SETUID: nothing changed */
+                        (void) setfsuid(0);
+                        return 77;
+                }
+        }
+        r = scan_origin(f->catalog, f->origin, batch_size, NULL, ret);
+        if (root) {
+                (void) setfsuid(0);
+                assert_int_equal(setfsuid((uid_t) -1), 0);
+        }
+        return r;
+}
+
+static void chmod_at(const Fixture *f, const char *rel_path, mode_t mode) {
+        char path[512];
+
+        snprintf(path, sizeof path, "%s/%s", f->music, rel_path);
+        assert_int_equal(chmod(path, mode), 0);
+}
+
+/* rel_path -> row id of every catalogued file, as a sorted "path\tid" list, so that two snapshots
+ * compare as wholes: a row removed and added again would come back with another id (D4). */
+static char *catalog_snapshot(const Fixture *f, size_t *ret_n) {
+        CatalogFile *files = NULL;
+        size_t n = 0, size = 1;
+        char *buf;
+
+        assert_int_equal(catalog_load_origin_files(f->catalog, f->origin->id, &files, &n), 0);
+        for (size_t i = 0; i < n; i++)
+                size += strlen(files[i].rel_path) + 32;
+        buf = malloc(size);
+        assert_non_null(buf);
+        buf[0] = '\0';
+        for (size_t i = 0, at = 0; i < n; i++)
+                at += (size_t) snprintf(buf + at, size - at, "%s\t%lld\n", files[i].rel_path, (long long) files[i].id);
+        catalog_files_free(files, n);
+        *ret_n = n;
+        return buf;
+}
+
+static int64_t row_id(const Fixture *f, const char *rel_path) {
+        CatalogFile *row = find_row(f->catalog, f->origin->id, rel_path);
+        int64_t id;
+
+        assert_non_null(row);
+        id = row->id;
+        row_free(row);
+        return id;
+}
+
+/* A directory the scan cannot read is unknown, not gone: its files stay, with their inode numbers,
+ * while the rest of the origin gets its removals; readable again, nothing is lost or doubled. */
+static void test_unreadable_directory(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *before = NULL, *after = NULL;
+        char rel[128], locked_track[128], secret[128], gone[128], changed[128];
+        size_t n_before, n_after;
+        ScanStats s;
+        int r;
+
+        /* Artist 0: tracks 0 3 6 9; Artist 1: 1 4 7 10; Artist 2: 2 5 8 11. */
+        populate(f, 0, 12);
+        s = scan_ok(f, 3);
+        assert_stats(s, 12, 12, 0, 0, 0, 0, 0);
+        before = catalog_snapshot(f, &n_before);
+        assert_int_equal(n_before, 12);
+
+        chmod_at(f, "Artist 0", 0700);          /* root's alone: unreadable to nobody */
+        track_path(secret, sizeof secret, 4);   /* a file nobody may not read */
+        chmod_at(f, secret, 0600);
+        track_path(gone, sizeof gone, 7);       /* removed where the scan can see */
+        remove_track(f, 7);
+        track_path(locked_track, sizeof locked_track, 3);       /* removed where it cannot */
+        remove_track(f, 3);
+        track_path(changed, sizeof changed, 5);
+        set_mtime(f, changed, 1000000000);
+        populate(f, 12, 1);                     /* a new one, in Artist 0 again: not seen */
+        populate(f, 14, 1);                     /* and one in Artist 2 */
+
+        r = scan_as_nobody(f, 3, &s);
+        if (r == 77)
+                skip();
+        assert_int_equal(r, 0);
+        assert_int_equal(s.unreadable, 2);                      /* Artist 0, and the secret file */
+        assert_int_equal(s.kept, 4 + 1);                        /* 0 3 6 9, and 4 */
+        assert_int_equal(s.removed, 1);                         /* 7 only */
+        assert_stats(s, 7, 1, 1, 5, 1, 0, 0);                   /* seen 1 2 5 8 10 11 14: 5 changed, 14 added */
+        assert_null(find_row(f->catalog, f->origin->id, gone));
+        assert_int_equal(count_files(f), 12 - 1 + 1);
+
+        /* The kept rows are the rows they were: same ids (so no removal and re-add), same sizes. */
+        for (unsigned i = 0; i < 12; i++) {
+                char expect[256];
+                CatalogFile *row;
+
+                track_path(rel, sizeof rel, i);
+                row = find_row(f->catalog, f->origin->id, rel);
+                if (i == 7) {
+                        assert_null(row);
+                        continue;
+                }
+                assert_non_null(row);
+                snprintf(expect, sizeof expect, "%s\t%lld\n", rel, (long long) row->id);
+                assert_non_null(strstr(before, expect));
+                assert_int_equal(row->size, i % 2 ? samples.mp3_size : samples.flac_size);
+                row_free(row);
+        }
+        track_path(rel, sizeof rel, 12);        /* new under the locked directory: not seen yet */
+        assert_null(find_row(f->catalog, f->origin->id, rel));
+
+        /* Readable again: what went while it was locked goes now, what came comes, the rest stays. */
+        chmod_at(f, "Artist 0", 0755);
+        chmod_at(f, secret, 0644);
+        r = scan_as_nobody(f, 3, &s);
+        assert_int_equal(r, 0);
+        assert_int_equal(s.unreadable, 0);
+        assert_int_equal(s.kept, 0);
+        assert_stats(s, 12, 1, 0, 11, 1, 0, 0);                 /* 12 added, 3 removed at last */
+        assert_null(find_row(f->catalog, f->origin->id, locked_track));
+        assert_int_equal(count_files(f), 12);
+
+        /* Nothing doubled, and every file that never went keeps its inode number. */
+        after = catalog_snapshot(f, &n_after);
+        assert_int_equal(n_after, 12);
+        for (unsigned i = 0; i < 15; i++) {
+                track_path(rel, sizeof rel, i);
+                bool present = i != 3 && i != 7 && i != 13;
+                const char *line = strstr(after, rel);
+                assert_int_equal(line != NULL, present);
+                if (!present)
+                        continue;
+                assert_null(strstr(line + 1, rel));            /* once */
+                if (i < 12) {
+                        char expect[256];
+                        snprintf(expect, sizeof expect, "%s\t%lld\n", rel, (long long) row_id(f, rel));
+                        assert_non_null(strstr(before, expect));
+                }
+        }
+}
+
+/* An origin that says its walk was incomplete but not where (a count, no skipped entries): nothing
+ * can be removed safely. */
+static int vague_walk(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata) {
+        Origin *inner = *(Origin **) (o + 1);
+        int r = origin_walk(inner, fn, userdata);
+        return r < 0 ? r : r + 1;
+}
+
+static int vague_check(Origin *o) {
+        return origin_check(*(Origin **) (o + 1));
+}
+
+static int vague_open(Origin *o, const char *rel_path, OriginFile **ret) {
+        return -EIO;    /* only unchanged files are walked: never reached */
+}
+
+static void vague_free(Origin *o) {
+        free(o);
+}
+
+static const OriginOps vague_ops = {
+        .kind = "vague",
+        .open = vague_open,
+        .walk = vague_walk,
+        .check = vague_check,
+        .free = vague_free,
+};
+
+static void test_incomplete_walk_unlocated(void **state) {
+        Fixture *f = *state;
+        ScanStats s;
+
+        populate(f, 0, 6);
+        s = scan_ok(f, 4);
+        assert_int_equal(count_files(f), 6);
+        remove_track(f, 2);
+
+        Origin *vague = calloc(1, sizeof(Origin) + sizeof(Origin *));
+        assert_non_null(vague);
+        *vague = (Origin) { .ops = &vague_ops, .name = strdup("music"), .id = f->origin->id };
+        assert_non_null(vague->name);
+        *(Origin **) (vague + 1) = f->origin;
+
+        assert_int_equal(scan_origin(f->catalog, vague, 4, NULL, &s), 0);
+        origin_free(vague);
+        assert_int_equal(s.unreadable, 1);
+        assert_stats(s, 5, 0, 0, 5, 0, 0, 0);
+        assert_int_equal(count_files(f), 6);
+
+        /* The origin itself, complete, removes it. */
+        s = scan_ok(f, 4);
+        assert_stats(s, 5, 0, 0, 5, 1, 0, 0);
+        assert_int_equal(count_files(f), 5);
+}
+
 static void test_bad_arguments(void **state) {
         Fixture *f = *state;
         ScanStats s = { .seen = 7 };
@@ -583,6 +788,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_batch_failpoint, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_origin_gone, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_unreadable_directory, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_incomplete_walk_unlocated, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
