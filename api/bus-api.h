@@ -19,6 +19,9 @@
 #define MUSICFS_ERROR_ORIGIN_UNREACHABLE "org.musicfs.Error.OriginUnreachable"
 #define MUSICFS_ERROR_CATALOG        "org.musicfs.Error.CatalogFailed"
 
+/* Polkit action ids of privileged methods (policy/ installs them in the management-API issue). */
+#define MUSICFS_POLKIT_ACTION_FAILPOINTS "org.musicfs.manager.failpoints"
+
 /* Registered with sd_bus_error_add_map() by daemon and client, so that a named error and the errno
  * it stands for convert both ways. */
 extern const sd_bus_error_map musicfs_bus_error_map[];
