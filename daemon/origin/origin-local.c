@@ -393,7 +393,7 @@ static int walk_entry(Walk *w, int dir_fd, const struct dirent *de, size_t path_
                 return walk_push(w, fd, path_len);
         }
 
-        log_debug("Skipping %s/%s: not a regular file or directory", w->origin->base.url, w->path);
+        log_notice("Skipping %s/%s: not a regular file or directory", w->origin->base.url, w->path);
         return 0;
 }
 

@@ -124,11 +124,8 @@ class BadInputTest(harness.MusicfsTestCase):
         for rel in self.info['unparsed'] + self.info['skipped']:
             needle = os.path.basename(rel) if rel in self.info['unparsed'] else rel.split('/', 1)[1]
             lines = log_mentions(log, needle)
-            # origin-local.c skips entries that are neither files nor directories (the FIFO) with a
-            # debug line only, as origin.h allows: at most one line for those.
-            want = (0, 1) if rel in self.info['not_regular'] else (1,)
-            self.assertIn(len(lines), want, 'want %s log line(s) about %s, got:\n%s' % (
-                ' or '.join(map(str, want)), rel, '\n'.join(lines)))
+            self.assertEqual(len(lines), 1, 'want one log line about %s, got:\n%s' % (
+                rel, '\n'.join(lines)))
         self.assertEqual(log_mentions(log, big['dir'] + '/'), [])
 
         # A restart does not parse (or log) the unchanged bad files again.
