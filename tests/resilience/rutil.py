@@ -1,0 +1,322 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""What the resilience suite needs on top of tests/lib/harness.py: failpoints over D-Bus, readers in
+threads that can be left blocked in the kernel, arrival times of sd_notify messages, waiting for the
+end of a scan, libraries shared by the tests of one process, and a daemon under a file-descriptor
+limit. The daemon is driven only through D-Bus and signals; its log and its notify messages are read,
+never written."""
+
+import atexit
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
+import harness  # noqa: E402
+
+harness.require_fuse()
+import dbus  # noqa: E402
+import genlib  # noqa: E402
+
+# errnos a reader may see from a mount whose daemon is gone (killed, or exiting at once).
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV, errno.EIO)
+
+
+# --------------------------------------------------------------------------------------------------
+# Failpoints over D-Bus.
+
+def fp_list(d):
+    """{name: (armed actions, fired count)} from ListFailpoints."""
+    return {str(n): (str(a), int(f)) for n, a, f in d.bus_call('ListFailpoints', timeout=10)}
+
+
+def fp_fired(d, name):
+    return fp_list(d)[name][1]
+
+
+def fp_arm(d, name, actions):
+    d.bus_call('ArmFailpoint', 'ss', name, actions, timeout=10)
+
+
+def fp_disarm(d, name):
+    d.bus_call('DisarmFailpoint', 's', name, timeout=10)
+
+
+def wait_fired(d, name, n, timeout=20.0):
+    """Waits until failpoint name has fired at least n times; returns the count."""
+    last = [None]
+
+    def reached():
+        d._check_running()
+        last[0] = fp_fired(d, name)
+        return last[0] >= n
+    try:
+        harness.wait_until(reached, timeout, 0.02, ignore=(dbus.DBusException,))
+    except harness.WaitTimeout as e:
+        raise harness.DaemonFailed('%s: failpoint %s fired %s times, want %d\n%s' % (
+            e, name, last[0], n, d.describe())) from None
+    return last[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The daemon's own account of what it did.
+
+_SCAN_END = re.compile(r'^musicfsd: \w+: (?:Origin \S+: scanned \d+ files|Scan of origin \S+ (?:failed|cancelled)'
+                       r'|(?:[a-z_]+: )?Scanned origin \S+ in )', re.M)
+
+
+def scans_finished(d):
+    """Scans of an origin that ended (done, failed or cancelled) since the daemon's last start."""
+    return len(_SCAN_END.findall(d.log()))
+
+
+def status_lines(d):
+    return [line[len('STATUS='):] for line in d.notify.lines() if line.startswith('STATUS=')]
+
+
+def wait_scan_done(d, n_origins=1, timeout=120.0):
+    """Waits until the startup scan of every origin has ended: the daemon logged the end of each, or
+    it said "Serving" on NOTIFY_SOCKET after it had said "Scanning"."""
+    def done():
+        d._check_running()
+        if scans_finished(d) >= n_origins:
+            return True
+        st = status_lines(d)
+        return bool(st) and st[-1].startswith('Serving') and any(s.startswith('Scanning') for s in st)
+    try:
+        harness.wait_until(done, timeout, 0.05)
+    except harness.WaitTimeout as e:
+        raise harness.DaemonFailed('%s: the scan did not end\n%s' % (e, d.describe())) from None
+
+
+def log_after(d, marker, which=-1):
+    """The part of a daemon log after the first line containing marker ('' if none)."""
+    text = d.log(which)
+    i = text.find(marker)
+    return text[i:] if i >= 0 else ''
+
+
+def wait_log(d, pattern, timeout=20.0, which=-1, check_running=True):
+    """Waits for a regular expression in the daemon's log; returns the match."""
+    rx = re.compile(pattern, re.M)
+
+    def found():
+        if check_running and which == -1:
+            d._check_running()
+        return rx.search(d.log(which))
+    try:
+        return harness.wait_until(found, timeout, 0.05)
+    except harness.WaitTimeout as e:
+        raise harness.DaemonFailed('%s: no /%s/ in the log\n%s' % (e, pattern, d.describe())) from None
+
+
+def name_has_owner(d):
+    return bool(d.bus.name_has_owner(harness.BUS_NAME))
+
+
+def wait_exit(d, timeout):
+    """Waits for the daemon to exit by itself; returns (exit code, seconds it took)."""
+    t0 = time.monotonic()
+    try:
+        rc = d.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        d.kill9()
+        raise harness.DaemonFailed('musicfsd did not exit within %.1f s\n%s' % (timeout, d.describe())) from None
+    d.returncode = rc
+    return rc, time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------------------------------
+# sd_notify with arrival times.
+
+class NotifyClock:
+    """Timestamps the datagrams of a daemon's NotifySocket as they arrive. Only accurate while
+    nothing else reads that socket: use poll_for() to wait."""
+
+    def __init__(self, notify):
+        self.notify = notify
+        self.seen = len(notify.messages)
+        self.events = []        # (monotonic time, line)
+
+    def update(self):
+        self.notify._drain()
+        now = time.monotonic()
+        for m in self.notify.messages[self.seen:]:
+            for line in m:
+                if line:
+                    self.events.append((now, line))
+        self.seen = len(self.notify.messages)
+
+    def poll_for(self, seconds, stop=None):
+        """Collects for seconds (or until stop() is true)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.update()
+            if stop and stop():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.notify.poll(min(left, 0.02))
+
+    def times(self, line, start=None, end=None):
+        return [t for t, l in self.events if l == line and (start is None or t >= start) and (end is None or t < end)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Readers.
+
+class Reader(threading.Thread):
+    """Reads a whole file (open, read to EOF, close) in a daemon thread, so that a reader stuck in a
+    FUSE request never keeps the test process alive. Records data, errno and timings."""
+
+    def __init__(self, path, chunk=None, hold=None):
+        super().__init__(daemon=True)
+        self.path = path
+        self.chunk = chunk
+        self.hold = hold        # an Event: keep the file open until it is set
+        self.data = None
+        self.error = None       # OSError
+        self.started_at = None
+        self.finished_at = None
+        self.done = threading.Event()
+
+    def run(self):
+        self.started_at = time.monotonic()
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                parts = []
+                while True:
+                    b = os.read(fd, self.chunk or (1 << 20))
+                    if not b:
+                        break
+                    parts.append(b)
+                self.data = b''.join(parts)
+                if self.hold is not None:
+                    self.hold.wait()
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.error = e
+        finally:
+            self.finished_at = time.monotonic()
+            self.done.set()
+
+    @property
+    def seconds(self):
+        return self.finished_at - self.started_at
+
+    def wait(self, timeout):
+        return self.done.wait(timeout)
+
+
+def read_file(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def stat_errno(path):
+    """0 if stat() works, else its errno."""
+    try:
+        os.stat(path)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def listdir_errno(path):
+    """0 if listing path works, else its errno. Unlike stat(), which the kernel may answer from its
+    attribute cache, opening a directory always asks the daemon: a dead mount answers ENOTCONN."""
+    try:
+        os.listdir(path)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def tree_inodes(root):
+    """{relative path: (inode, is dir, size of a file)} of everything below root."""
+    out = {}
+    for p, st in harness.walk_tree(root).items():
+        is_dir = (st.st_mode & 0o170000) == 0o040000
+        out[p] = (st.st_ino, is_dir, None if is_dir else st.st_size)
+    return out
+
+
+def tree_files(root):
+    return {p for p, st in harness.walk_tree(root).items() if (st.st_mode & 0o170000) == 0o100000}
+
+
+# --------------------------------------------------------------------------------------------------
+# Libraries.
+
+_libs = {}
+
+
+def _tmp(prefix):
+    d = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(harness.safe_rmtree, d)
+    return d
+
+
+def bulk_library(count):
+    """A genlib bulk library of count tracks, made once per process (read-only). Returns its dir."""
+    key = ('bulk', count)
+    if key not in _libs:
+        d = os.path.join(_tmp('musicfs-bulk-'), 'lib')
+        genlib.gen_bulk(d, count)
+        _libs[key] = d
+    return _libs[key]
+
+
+def library_copy(src, testcase):
+    """A private, writable copy of a library (removed after the test). Returns its dir."""
+    d = os.path.join(testcase.tempdir('musicfs-lib-'), 'lib')
+    shutil.copytree(src, d, symlinks=True)
+    return d
+
+
+def origin_files(lib):
+    """{virtual path: absolute origin path} of a generated library."""
+    return {v: os.path.join(lib, r) for v, r in genlib.load_expected(lib).items()}
+
+
+def smallest(files, n=1, exclude=()):
+    """The n virtual paths whose origin files are smallest (so one FUSE read covers each)."""
+    cand = sorted((os.path.getsize(o), v) for v, o in files.items() if v not in exclude)
+    return [v for _, v in cand[:n]]
+
+
+# --------------------------------------------------------------------------------------------------
+# A daemon under resource limits.
+
+class LimitedDaemon(harness.Daemon):
+    """A Daemon started through prlimit(1) with RLIMIT_NOFILE=nofile (prlimit execs it, so the PID is
+    the daemon's)."""
+
+    def __init__(self, *args, nofile=64, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nofile = nofile
+
+    def argv(self):
+        return [shutil.which('prlimit') or 'prlimit', '--nofile=%d:%d' % (self.nofile, self.nofile), '--'] + super().argv()
+
+
+def limited_daemon(testcase, origins, nofile, start=True, **kwargs):
+    d = LimitedDaemon(origins=origins, nofile=nofile, **kwargs)
+    testcase.addCleanup(d.cleanup)
+    testcase.daemons.append(d)
+    if start:
+        d.start()
+    return d
+
+
+def fd_count(pid):
+    return len(os.listdir('/proc/%d/fd' % pid))
+
