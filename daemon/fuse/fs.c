@@ -121,17 +121,15 @@ struct FuseFs {
 
 /* An open directory, and the head of an open file: getattr can answer from either, and FuseFs
  * lists every open one. The node's is_dir tells the kinds apart. */
+/* An open directory (fh of OPENDIR, when the kernel still sends it) or file. */
 struct NodeHandle {
         Tree *tree;
         const TreeNode *node;
+        /* Files only. Shared by concurrent reads of this handle (async read, readahead): replica.h
+         * allows it. */
+        ReplicaReader *reader;
         NodeHandle *prev, *next;        /* FuseFs.handles */
 };
-
-typedef struct FileHandle {
-        NodeHandle base;
-        /* Shared by concurrent reads of this handle (async read, readahead): replica.h allows it. */
-        ReplicaReader *reader;
-} FileHandle;
 
 static inline void fs_tree_unrefp(Tree **t) {
         tree_unref(*t);
@@ -370,11 +368,8 @@ static void handles_remove(FuseFs *fs, NodeHandle *h) {
 static void handle_free(NodeHandle *h) {
         if (!h)
                 return;
-        if (h->node && !h->node->is_dir) {
-                FileHandle *fh = (FileHandle *) h;
-                if (fh->reader)
-                        replica_reader_close(fh->reader);
-        }
+        if (h->reader)
+                replica_reader_close(h->reader);
         tree_unref(h->tree);
         free(h);
 }
@@ -575,37 +570,37 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
                 return;
         }
 
-        FileHandle *h = calloc(1, sizeof *h);
+        NodeHandle *h = calloc(1, sizeof *h);
         if (!h) {
                 fuse_reply_err(req, ENOMEM);
                 return;
         }
-        h->base.node = n;
+        h->node = n;
 
         int r = replica_reader_open(fs->origins, n, &h->reader);
         if (r < 0) {
                 int e = reader_failure(fs, t, n, -1, r);
                 h->reader = NULL;
-                handle_free(&h->base);
+                handle_free(h);
                 fuse_reply_err(req, e);
                 return;
         }
-        h->base.tree = TAKE_PTR(t);
+        h->tree = TAKE_PTR(t);
 
         fi->fh = (uintptr_t) h;
         /* Bytes of a given inode only change with a new tree, which invalidates them. */
         fi->keep_cache = 1;
         fi->noflush = 1;
-        handles_add(fs, &h->base);
+        handles_add(fs, h);
         if (fuse_reply_open(req, fi) == -ENOENT) {
-                handles_remove(fs, &h->base);
-                handle_free(&h->base);
+                handles_remove(fs, h);
+                handle_free(h);
         }
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
         FuseFs *fs = fuse_req_userdata(req);
-        FileHandle *h = (FileHandle *) (uintptr_t) fi->fh;
+        NodeHandle *h = (NodeHandle *) (uintptr_t) fi->fh;
 
         int r = FAILPOINT(FUSE_READ);
         if (r < 0) {
@@ -614,7 +609,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
         }
 
         /* Reads serve the version of the file this handle was opened on; past its size is EOF. */
-        uint64_t file_size = h->base.node->size;
+        uint64_t file_size = h->node->size;
         if (off < 0 || (uint64_t) off >= file_size || size == 0) {
                 fuse_reply_buf(req, NULL, 0);
                 return;
@@ -630,7 +625,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 
         ssize_t n = replica_reader_read(h->reader, buf, size, (uint64_t) off);
         if (n < 0) {
-                fuse_reply_err(req, reader_failure(fs, h->base.tree, h->base.node, (int64_t) off, (int) n));
+                fuse_reply_err(req, reader_failure(fs, h->tree, h->node, (int64_t) off, (int) n));
                 return;
         }
 
