@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "catalog.h"
@@ -154,6 +155,7 @@ struct Catalog {
         char *path;
         sqlite3_stmt *statements[_STMT_MAX];
         CatalogBatch *batch;    /* the open batch, if any */
+        bool corrupt_seen;      /* never vouch for this file with a clean-close marker */
 };
 
 struct CatalogBatch {
@@ -179,6 +181,7 @@ static int catalog_error(Catalog *c, int rc, const char *what) {
         case SQLITE_CORRUPT:
         case SQLITE_NOTADB:
                 r = -EBADMSG;
+                c->corrupt_seen = true;
                 break;
         case SQLITE_READONLY:
                 r = -EROFS;
@@ -416,6 +419,7 @@ static int catalog_run_quick_check(Catalog *c) {
                         for (char *p = flat; *p; p++)
                                 if (*p == '\n')
                                         *p = ' ';
+                        c->corrupt_seen = true;
                         r = log_error_errno(EBADMSG, "Catalog %s is corrupt: quick_check: %s", c->path, flat);
                 }
         } else
@@ -456,6 +460,56 @@ static int catalog_configure(Catalog *c) {
         return r;
 }
 
+/* The clean-close marker. A full quick_check reads every page: at 100k tracks it costs more than
+ * the rest of startup together, and the catalog is on the path to the mount (D6). So catalog_close()
+ * leaves "<path>.clean" naming the database file exactly as it left it (device, inode, size, mtime),
+ * and the next open skips quick_check only when the file is still exactly that and no -wal exists;
+ * the marker is removed first thing, so a crash or an outside write always means a full check.
+ * Corruption that keeps size and mtime (bit rot) still surfaces as SQLITE_CORRUPT on the pages
+ * that loading the catalog reads, and catalog_quick_check() stays available for a later check. */
+static char *clean_marker_path(const char *path) {
+        char *p = NULL;
+        return asprintf(&p, "%s.clean", path) < 0 ? NULL : p;
+}
+
+static void clean_marker_write(const char *path) {
+        _cleanup_free_ char *marker = clean_marker_path(path);
+        _cleanup_fclose_ FILE *f = NULL;
+        struct stat st;
+
+        if (!marker || stat(path, &st) < 0)
+                return;
+        f = fopen(marker, "we");
+        if (!f)
+                return;
+        fprintf(f, "%llu %llu %lld %lld %ld\n", (unsigned long long) st.st_dev, (unsigned long long) st.st_ino,
+                (long long) st.st_size, (long long) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+}
+
+/* True when the marker matched; the marker is gone afterwards either way. */
+static bool clean_marker_consume(const char *path) {
+        _cleanup_free_ char *marker = clean_marker_path(path), *wal = NULL;
+        _cleanup_fclose_ FILE *f = NULL;
+        unsigned long long dev, ino;
+        long long size, sec;
+        long nsec;
+        struct stat st;
+        bool clean;
+
+        if (!marker)
+                return false;
+        f = fopen(marker, "re");
+        if (!f)
+                return false;
+        clean = fscanf(f, "%llu %llu %lld %lld %ld", &dev, &ino, &size, &sec, &nsec) == 5 &&
+                stat(path, &st) == 0 && st.st_dev == dev && st.st_ino == ino && st.st_size == size &&
+                st.st_mtim.tv_sec == sec && st.st_mtim.tv_nsec == nsec &&
+                asprintf(&wal, "%s-wal", path) >= 0 && access(wal, F_OK) < 0 && errno == ENOENT;
+        if (unlink(marker) < 0 && errno != ENOENT)
+                clean = false;  /* it would vouch for the file again next time */
+        return clean;
+}
+
 int catalog_open(const char *path, Catalog **ret) {
         _cleanup_(catalog_freep) Catalog *c = NULL;
         pthread_mutexattr_t attr;
@@ -486,6 +540,7 @@ int catalog_open(const char *path, Catalog **ret) {
         c->path = strdup(path);
         if (!c->path)
                 return log_error_errno(ENOMEM, "Catalog %s: out of memory", path);
+        bool closed_cleanly = clean_marker_consume(path);
 
         /* NOMUTEX: our own mutex already serialises every use of the connection. */
         rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -506,9 +561,13 @@ int catalog_open(const char *path, Catalog **ret) {
         r = catalog_configure(c);
         if (r < 0)
                 return r;
-        r = catalog_run_quick_check(c);
-        if (r < 0)
-                return r;
+        if (closed_cleanly)
+                log_debug("Catalog %s was closed cleanly and not touched since: no quick_check", path);
+        else {
+                r = catalog_run_quick_check(c);
+                if (r < 0)
+                        return r;
+        }
         r = catalog_migrate(c);
         if (r < 0)
                 return r;
@@ -615,7 +674,12 @@ void catalog_close(Catalog *c) {
         if (rc != SQLITE_OK)
                 (void) catalog_error(c, rc, "checkpoint");
         catalog_unlock(c);
+
+        _cleanup_free_ char *path = rc == SQLITE_OK && !c->corrupt_seen ? strdup(c->path) : NULL;
         catalog_free(c);
+        /* After the close: the last connection's close may still touch the file. */
+        if (path)
+                clean_marker_write(path);
 }
 
 int catalog_checkpoint(Catalog *c) {

@@ -523,6 +523,56 @@ static void test_corrupt_middle_pages(void **state) {
         assert_null(c);
 }
 
+/* The page size from the database header (bytes 16-17, big-endian), read without opening it with
+ * SQLite, which would touch the file. */
+static int header_page_size(const char *db) {
+        unsigned char h[18];
+        int fd = open(db, O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(pread(fd, h, sizeof h, 0), (ssize_t) sizeof h);
+        close(fd);
+        int v = (h[16] << 8) | h[17];
+        return v == 1 ? 65536 : v;
+}
+
+/* A clean close leaves a marker that lets the next open skip quick_check, but only for the very file
+ * it closed: any write since (new mtime) or a leftover -wal means a full check again. The marker is
+ * consumed by the open, so a crash after it always means a check. */
+static void test_clean_close_marker(void **state) {
+        Fixture *f = *state;
+        Catalog *c = NULL;
+        char marker[200];
+        struct stat st;
+
+        snprintf(marker, sizeof marker, "%s.clean", f->db);
+        populate(f->db, 3000);
+        assert_int_equal(access(marker, F_OK), 0);
+
+        /* Corrupt the middle but put size and mtime back: the marker vouches, the open is quick,
+         * and the on-demand check still finds it. */
+        int page_size = header_page_size(f->db);
+        assert_int_equal(stat(f->db, &st), 0);
+        overwrite(f->db, (st.st_size / page_size / 2) * page_size, 8 * (size_t) page_size, 0, true);
+        struct timespec times[2] = { st.st_atim, st.st_mtim };
+        assert_int_equal(utimensat(AT_FDCWD, f->db, times, 0), 0);
+        assert_int_equal(catalog_open(f->db, &c), 0);
+        assert_int_equal(access(marker, F_OK), -1);
+        assert_int_equal(catalog_quick_check(c), -EBADMSG);
+        catalog_close(c);
+        c = NULL;
+        /* A catalog known to be corrupt is never vouched for. */
+        assert_int_equal(access(marker, F_OK), -1);
+        assert_int_equal(catalog_open(f->db, &c), -EBADMSG);
+
+        /* A file written after the clean close (new mtime) is checked. */
+        assert_int_equal(unlink(f->db), 0);
+        populate(f->db, 3000);
+        assert_int_equal(access(marker, F_OK), 0);
+        overwrite(f->db, (st.st_size / page_size / 2) * page_size, 8 * (size_t) page_size, 0, true);
+        assert_int_equal(catalog_open(f->db, &c), -EBADMSG);
+        assert_null(c);
+}
+
 static void test_open_or_rebuild(void **state) {
         Fixture *f = *state;
         Catalog *c = NULL;
@@ -784,6 +834,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_non_utf8_and_huge_strings, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_header, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_middle_pages, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_clean_close_marker, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_open_or_rebuild, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_failpoints, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_20k, setup, teardown),
