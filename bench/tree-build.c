@@ -5,6 +5,7 @@
  *      bench/tree-build.c build/daemon/tree/libmfs-tree.a build/daemon/catalog/libmfs-catalog.a \
  *      build/daemon/util/libmfs-util.a build/api/libmusicfs-api.a -lsqlite3 -lsystemd -lpthread \
  *      -o /tmp/tree-build && /tmp/tree-build 100000 */
+#include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
