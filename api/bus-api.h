@@ -18,9 +18,15 @@
 #define MUSICFS_ERROR_NO_SUCH_ORIGIN "org.musicfs.Error.NoSuchOrigin"
 #define MUSICFS_ERROR_ORIGIN_UNREACHABLE "org.musicfs.Error.OriginUnreachable"
 #define MUSICFS_ERROR_CATALOG        "org.musicfs.Error.CatalogFailed"
+#define MUSICFS_ERROR_ORIGIN_EXISTS  "org.musicfs.Error.OriginExists"
+#define MUSICFS_ERROR_INVALID_CONFIG "org.musicfs.Error.InvalidConfig"
 
-/* Polkit action ids of privileged methods (policy/ installs them in the management-API issue). */
-#define MUSICFS_POLKIT_ACTION_FAILPOINTS "org.musicfs.manager.failpoints"
+/* Polkit action ids of privileged methods, one per kind of change (policy/org.musicfs.policy). */
+#define MUSICFS_POLKIT_ACTION_MOUNT      "org.musicfs.manager.mount"      /* Mount, Unmount */
+#define MUSICFS_POLKIT_ACTION_ORIGINS    "org.musicfs.manager.origins"    /* AddOrigin, RemoveOrigin, Rescan */
+#define MUSICFS_POLKIT_ACTION_CACHE      "org.musicfs.manager.cache"      /* passthrough, pins, ClearCache */
+#define MUSICFS_POLKIT_ACTION_FAILPOINTS "org.musicfs.manager.failpoints" /* ArmFailpoint, DisarmFailpoint */
+#define MUSICFS_POLKIT_ACTION_RELOAD     "org.musicfs.manager.reload"     /* Reload */
 
 /* Registered with sd_bus_error_add_map() by daemon and client, so that a named error and the errno
  * it stands for convert both ways. */
@@ -32,3 +38,8 @@ extern const sd_bus_error_map musicfs_bus_error_map[];
 #define MUSICFS_STATE_DEGRADED "degraded"
 #define MUSICFS_STATE_OFFLINE  "offline"
 #define MUSICFS_STATE_STOPPING "stopping"
+
+/* Origin health, the values of Origin.Health and of CheckOrigin's answer (D11). */
+#define MUSICFS_HEALTH_HEALTHY   "healthy"
+#define MUSICFS_HEALTH_DEGRADED  "degraded"
+#define MUSICFS_HEALTH_UNHEALTHY "unhealthy"

@@ -1,20 +1,25 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/wait.h>
 #include <linux/magic.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,9 +28,11 @@
 
 #include "bus-api.h"
 #include "bus-manager.h"
+#include "bus-origin.h"
 #include "failpoint.h"
 #include "log.h"
 #include "manager.h"
+#include "polkit.h"
 #include "scanner.h"
 
 /* A clean stop must be over well within 10 s; past this the mount is detached and we exit 1. */
@@ -35,6 +42,10 @@
 #define BUS_RECONNECT_USEC (1ULL * 1000000ULL)
 /* A FUSE daemon that does not answer statfs() within this is hung or stopped: its mount is stale. */
 #define MOUNT_PROBE_TIMEOUT_USEC (2ULL * 1000000ULL)
+/* D11: each health check runs under its own timeout. */
+#define HEALTH_CHECK_TIMEOUT_USEC (5ULL * 1000000ULL)
+/* ScanProgress is announced at most this often while the file count moves. */
+#define PROGRESS_INTERVAL_USEC (250ULL * 1000ULL)
 
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(Template *, template_free);
@@ -52,6 +63,17 @@ static uint64_t now_usec(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
+}
+
+static uint64_t realtime_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
+}
+
+static void *mfree_ptr(void *p) {
+        free(p);
+        return NULL;
 }
 
 static int strdup_to(char **dst, const char *src) {
@@ -370,10 +392,213 @@ static int check_mountpoint(const char *path) {
         return 0;
 }
 
+/* ---- URLs ---- */
+
+/* Query parameters that carry credentials in the URLs of s3/sftp/http-like origins. */
+static bool query_key_is_secret(const char *key, size_t len) {
+        static const char *const secrets[] = {
+                "password", "passwd", "pass", "pwd", "passphrase", "secret", "secret_key", "secretkey",
+                "secret_access_key", "aws_secret_access_key", "access_key", "accesskey", "access_key_id",
+                "aws_access_key_id", "token", "access_token", "session_token", "security_token", "auth",
+                "authorization", "credential", "credentials", "signature", "sig", "key", "api_key", "apikey",
+                "private_key", "x-amz-credential", "x-amz-signature", "x-amz-security-token",
+        };
+        char decoded[64];
+        size_t n = 0;
+
+        /* Compare the decoded name, so that "X%2DAmz%2DSignature" is caught too. */
+        for (size_t i = 0; i < len; i++) {
+                char c = key[i];
+                if (c == '%' && i + 2 < len && isxdigit((unsigned char) key[i + 1]) &&
+                    isxdigit((unsigned char) key[i + 2])) {
+                        char hex[3] = { key[i + 1], key[i + 2], 0 };
+                        c = (char) strtol(hex, NULL, 16);
+                        i += 2;
+                } else if (c == '+')
+                        c = ' ';
+                if (n + 1 >= sizeof decoded)
+                        return false;   /* no credential parameter has a name this long */
+                decoded[n++] = c;
+        }
+        decoded[n] = '\0';
+        for (size_t i = 0; i < ELEMENTSOF(secrets); i++)
+                if (strcasecmp(decoded, secrets[i]) == 0)
+                        return true;
+        return false;
+}
+
+int manager_url_strip_secrets(const char *url, char **ret) {
+        const char *sep, *p;
+        char *out;
+        size_t o = 0;
+
+        if (!url || !ret)
+                return -EINVAL;
+
+        /* A plain path (a local origin), or anything without an authority, has no userinfo to hide. */
+        sep = strstr(url, "://");
+        bool scheme_ok = sep && sep > url && isalpha((unsigned char) url[0]);
+        for (const char *s = url; scheme_ok && s < sep; s++)
+                if (!isalnum((unsigned char) *s) && *s != '+' && *s != '-' && *s != '.')
+                        scheme_ok = false;
+        if (!scheme_ok) {
+                out = strdup(url);
+                if (!out)
+                        return -ENOMEM;
+                *ret = out;
+                return 0;
+        }
+
+        out = malloc(strlen(url) + 1);
+        if (!out)
+                return -ENOMEM;
+
+        p = sep + 3;
+        memcpy(out, url, (size_t) (p - url));
+        o = (size_t) (p - url);
+
+        /* userinfo@host:port — keep the user, drop ":password". */
+        size_t authority_len = strcspn(p, "/?#");
+        const char *at = memrchr(p, '@', authority_len);
+        if (at) {
+                const char *colon = memchr(p, ':', (size_t) (at - p));
+                size_t user_len = colon ? (size_t) (colon - p) : (size_t) (at - p);
+                if (user_len > 0) {
+                        memcpy(out + o, p, user_len);
+                        o += user_len;
+                        out[o++] = '@';
+                }
+                memcpy(out + o, at + 1, (size_t) (p + authority_len - at - 1));
+                o += (size_t) (p + authority_len - at - 1);
+        } else {
+                memcpy(out + o, p, authority_len);
+                o += authority_len;
+        }
+        p += authority_len;
+
+        size_t path_len = strcspn(p, "?#");
+        memcpy(out + o, p, path_len);
+        o += path_len;
+        p += path_len;
+
+        if (*p == '?') {
+                bool first = true;
+                p++;
+                for (;;) {
+                        size_t param_len = strcspn(p, "&;#");
+                        size_t key_len = strcspn(p, "=&;#");
+                        if (key_len > param_len)
+                                key_len = param_len;
+                        if (param_len > 0 && !query_key_is_secret(p, key_len)) {
+                                out[o++] = first ? '?' : '&';
+                                memcpy(out + o, p, param_len);
+                                o += param_len;
+                                first = false;
+                        }
+                        p += param_len;
+                        if (*p != '&' && *p != ';')
+                                break;
+                        p++;
+                }
+        }
+
+        /* The fragment never reaches a server, but it is the caller's: keep it. */
+        size_t rest = strlen(p);
+        memcpy(out + o, p, rest);
+        o += rest;
+        out[o] = '\0';
+        *ret = out;
+        return 0;
+}
+
+/* ---- managed origins (loop thread) ---- */
+
+const char *origin_health_state_to_string(OriginHealthState s) {
+        static const char *const names[_ORIGIN_HEALTH_MAX] = {
+                [ORIGIN_HEALTHY] = MUSICFS_HEALTH_HEALTHY,
+                [ORIGIN_DEGRADED] = MUSICFS_HEALTH_DEGRADED,
+                [ORIGIN_UNHEALTHY] = MUSICFS_HEALTH_UNHEALTHY,
+        };
+        return s >= 0 && s < _ORIGIN_HEALTH_MAX ? names[s] : "unknown";
+}
+
+static void managed_origin_free(ManagedOrigin *mo) {
+        if (!mo)
+                return;
+        origin_unref(mo->origin);
+        free(mo->object_path);
+        free(mo->url);
+        free(mo->last_error);
+        free(mo);
+}
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(ManagedOrigin *, managed_origin_free);
+
+static int managed_origin_new(Origin *o, ManagedOrigin **ret) {
+        _cleanup_(managed_origin_freep) ManagedOrigin *mo = calloc(1, sizeof *mo);
+        int r;
+
+        if (!mo)
+                return -ENOMEM;
+        mo->origin = origin_ref(o);
+        mo->health = ORIGIN_HEALTHY;
+        r = bus_origin_path(o->name, &mo->object_path);
+        if (r < 0)
+                return r;
+        r = manager_url_strip_secrets(o->url, &mo->url);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(mo);
+        return 0;
+}
+
+ManagedOrigin *manager_find_origin(Manager *m, const char *name) {
+        for (size_t i = 0; name && i < m->n_managed; i++)
+                if (strcmp(m->managed[i]->origin->name, name) == 0)
+                        return m->managed[i];
+        return NULL;
+}
+
+static ManagedOrigin *manager_find_origin_by_id(Manager *m, int64_t id) {
+        for (size_t i = 0; i < m->n_managed; i++)
+                if (m->managed[i]->origin->id == id)
+                        return m->managed[i];
+        return NULL;
+}
+
+/* The OriginSet's order: priority, then name. */
+static int manager_insert_managed(Manager *m, ManagedOrigin *mo) {
+        ManagedOrigin **grown = reallocarray(m->managed, m->n_managed + 1, sizeof *grown);
+        size_t pos;
+
+        if (!grown)
+                return -ENOMEM;
+        m->managed = grown;
+        for (pos = m->n_managed; pos > 0; pos--) {
+                const Origin *prev = m->managed[pos - 1]->origin;
+                if (prev->priority < mo->origin->priority ||
+                    (prev->priority == mo->origin->priority && strcmp(prev->name, mo->origin->name) < 0))
+                        break;
+        }
+        memmove(m->managed + pos + 1, m->managed + pos, (m->n_managed - pos) * sizeof *m->managed);
+        m->managed[pos] = mo;
+        m->n_managed++;
+        return 0;
+}
+
+static void manager_remove_managed(Manager *m, ManagedOrigin *mo) {
+        for (size_t i = 0; i < m->n_managed; i++)
+                if (m->managed[i] == mo) {
+                        memmove(m->managed + i, m->managed + i + 1, (m->n_managed - i - 1) * sizeof *m->managed);
+                        m->n_managed--;
+                        return;
+                }
+}
+
 /* ---- tree building (startup on the main thread, later on the worker) ---- */
 
-/* Files of origins that are no longer configured stay in the catalog (it is a cache) but are not
- * shown: there would be nothing to read them from. */
+/* Files of origins that are not (or no longer) in the set stay in the catalog (it is a cache) but are
+ * not shown: there would be nothing to read them from. */
 static size_t drop_unconfigured(Manager *m, CatalogFile *files, size_t n) {
         size_t kept = 0;
         for (size_t i = 0; i < n; i++) {
@@ -385,9 +610,44 @@ static size_t drop_unconfigured(Manager *m, CatalogFile *files, size_t n) {
         return kept;
 }
 
-static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_t *ret_n_files) {
+static int count_by_origin(const CatalogFile *files, size_t n, OriginCount **ret, size_t *ret_n) {
+        OriginCount *counts = NULL;
+        size_t n_counts = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                size_t j;
+                for (j = n_counts; j > 0; j--)
+                        if (counts[j - 1].origin_id == files[i].origin_id)
+                                break;
+                if (j > 0) {
+                        counts[j - 1].files++;
+                        continue;
+                }
+                OriginCount *grown = reallocarray(counts, n_counts + 1, sizeof *grown);
+                if (!grown) {
+                        free(counts);
+                        return -ENOMEM;
+                }
+                counts = grown;
+                counts[n_counts++] = (OriginCount) { .origin_id = files[i].origin_id, .files = 1 };
+        }
+        *ret = counts;
+        *ret_n = n_counts;
+        return 0;
+}
+
+static uint64_t count_of(const OriginCount *counts, size_t n, int64_t origin_id) {
+        for (size_t i = 0; i < n; i++)
+                if (counts[i].origin_id == origin_id)
+                        return counts[i].files;
+        return 0;
+}
+
+static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_t *ret_n_files,
+                              OriginCount **ret_counts, size_t *ret_n_counts) {
         CatalogFile *files = NULL;
-        size_t n = 0;
+        OriginCount *counts = NULL;
+        size_t n = 0, n_counts = 0;
         int r;
 
         uint64_t t0 = now_usec();
@@ -395,16 +655,28 @@ static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_
         if (r < 0)
                 return log_warning_errno(r, "Failed to load the catalog: %m");
         n = drop_unconfigured(m, files, n);
+        r = count_by_origin(files, n, &counts, &n_counts);
+        if (r < 0) {
+                catalog_files_free(files, n);
+                return log_warning_errno(r, "Failed to count the files of each origin: %m");
+        }
         uint64_t t1 = now_usec();
         r = tree_build(m->catalog, tpl, files, n, ret);
         uint64_t t2 = now_usec();
         catalog_files_free(files, n);
-        if (r < 0)
+        /* The rows are the largest transient cost of a build (~50 MB at 100k tracks); glibc keeps
+         * freed heap for reuse, which would count against the daemon's RSS until the next build. */
+        (void) malloc_trim(0);
+        if (r < 0) {
+                free(counts);
                 return log_warning_errno(r, "Failed to build the tree: %m");
+        }
         log_debug("Loaded %zu files in %.0f ms, built the tree in %.0f ms, freed the rows in %.0f ms", n,
                   (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0, (double) (now_usec() - t2) / 1000.0);
         if (ret_n_files)
                 *ret_n_files = n;
+        *ret_counts = counts;
+        *ret_n_counts = n_counts;
         return 0;
 }
 
@@ -420,6 +692,7 @@ static int manager_open_origins(Manager *m) {
         for (size_t i = 0; i < m->config.n_origins; i++) {
                 const OriginConfig *oc = &m->config.origins[i];
                 _cleanup_(origin_freep) Origin *o = NULL;
+                _cleanup_(managed_origin_freep) ManagedOrigin *mo = NULL;
                 int64_t id;
 
                 if (oc->kind && strcmp(oc->kind, "local") != 0)
@@ -432,12 +705,30 @@ static int manager_open_origins(Manager *m) {
                 if (r < 0)
                         return log_error_errno(r, "Failed to set up origin %s (%s): %m", oc->name, oc->path);
                 o->id = id;
+                r = managed_origin_new(o, &mo);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set up origin %s: %m", oc->name);
                 r = origin_set_add(m->origins, o);
                 if (r < 0)
                         return log_error_errno(r, "Failed to add origin %s: %m", oc->name);
                 TAKE_PTR(o);
+                r = manager_insert_managed(m, mo);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to add origin %s: %m", oc->name);
+                TAKE_PTR(mo);
         }
         return 0;
+}
+
+static void manager_apply_counts(Manager *m, const OriginCount *counts, size_t n_counts, bool *changed) {
+        for (size_t i = 0; i < m->n_managed; i++) {
+                uint64_t c = count_of(counts, n_counts, m->managed[i]->origin->id);
+                if (c == m->managed[i]->track_count)
+                        continue;
+                m->managed[i]->track_count = c;
+                if (changed)
+                        changed[i] = true;
+        }
 }
 
 static int manager_startup(Manager *m) {
@@ -503,7 +794,7 @@ static int manager_startup(Manager *m) {
          * catalog must not keep the library from mounting: start empty and let the scan fill it. */
         _cleanup_(tree_unrefp) Tree *tree = NULL;
         size_t n_files = 0;
-        r = manager_build_tree(m, m->template, &tree, &n_files);
+        r = manager_build_tree(m, m->template, &tree, &n_files, &m->counts, &m->n_counts);
         if (r < 0) {
                 log_warning("Mounting an empty tree; the scan will fill it");
                 r = tree_new_empty(&tree);
@@ -511,6 +802,7 @@ static int manager_startup(Manager *m) {
                         return log_error_errno(r, "Failed to create an empty tree: %m");
                 n_files = 0;
         }
+        manager_apply_counts(m, m->counts, m->n_counts, NULL);
         m->first_scan = m->catalog_rebuilt || n_files == 0;
         m->track_count = tree_track_count(tree);
         atomic_store(&m->published_tracks, m->track_count);
@@ -530,6 +822,9 @@ static int manager_startup(Manager *m) {
         r = fusefs_mount(&opts, m->trees, m->origins, &m->fs);
         if (r < 0)
                 return log_error_errno(r, "Failed to mount %s: %m", m->config.mountpoint);
+        m->mountpoint = strdup(m->config.mountpoint);
+        if (!m->mountpoint)
+                return log_error_errno(ENOMEM, "Out of memory");
         r = fusefs_start(m->fs);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the FUSE workers: %m");
@@ -553,12 +848,20 @@ int manager_new(ManagerArgs *args, Manager **ret) {
         m->lock_fd = m->worker_efd = m->stop_efd = -1;
         m->state = MUSICFS_STATE_STARTING;
         atomic_init(&m->cancel, false);
-        atomic_init(&m->scan_origin, -1);
+        atomic_init(&m->scan_cancel, false);
         atomic_init(&m->scan_files, 0);
         atomic_init(&m->published_tracks, 0);
         atomic_init(&m->scan_batch, 256);
         pthread_mutex_init(&m->lock, NULL);
+        pthread_mutex_init(&m->fs_lock, NULL);
         pthread_cond_init(&m->wake, NULL);
+
+        r = polkit_registry_new(&m->polkit);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up the polkit registry: %m");
+                manager_free(m);
+                return r;
+        }
 
         r = manager_startup(m);
         if (r < 0) {
@@ -579,17 +882,28 @@ void manager_set_state(Manager *m, const char *state) {
         bus_manager_emit_changed(m, "State");
 }
 
+/* D11: some origins down is degraded, all of them offline (cached bytes would still be served). */
+static void manager_update_state(Manager *m) {
+        size_t down = 0;
+
+        if (m->stopping || !m->ready_sent)
+                return;
+        for (size_t i = 0; i < m->n_managed; i++)
+                if (m->managed[i]->health == ORIGIN_UNHEALTHY)
+                        down++;
+        manager_set_state(m, m->n_managed > 0 && down == m->n_managed ? MUSICFS_STATE_OFFLINE :
+                             down > 0 ? MUSICFS_STATE_DEGRADED : MUSICFS_STATE_READY);
+}
+
 /* STATUS= goes out on changes once READY=1 is sent; before that it rides along with READY=1. */
 static void manager_update_status(Manager *m) {
         _cleanup_free_ char *s = NULL;
-        int idx = atomic_load(&m->scan_origin);
-        Origin *o = idx >= 0 ? origin_set_at(m->origins, (size_t) idx) : NULL;
         int r;
 
         if (m->stopping)
                 r = asprintf(&s, "Stopping");
-        else if (o)
-                r = asprintf(&s, "Scanning %s: %" PRIu64 " files", o->name, (uint64_t) atomic_load(&m->scan_files));
+        else if (m->progress_origin)
+                r = asprintf(&s, "Scanning %s: %" PRIu64 " files", m->progress_origin, m->progress_files);
         else
                 r = asprintf(&s, "Serving %" PRIu64 " tracks", m->track_count);
         if (r < 0)
@@ -602,12 +916,136 @@ static void manager_update_status(Manager *m) {
                 (void) sd_notifyf(false, "STATUS=%s", m->status);
 }
 
+static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* Announces ScanProgress: a new origin (or the end of a scan) at once, a moving file count at most
+ * every PROGRESS_INTERVAL_USEC, and the last value always, from a timer. */
+static void manager_emit_progress(Manager *m) {
+        bool origin_changed = !streq_ptr(m->progress_origin, m->emitted_origin);
+        uint64_t now = now_usec();
+        int r;
+
+        if (!origin_changed && m->progress_files == m->emitted_files && m->progress_known == m->emitted_known)
+                return;
+        if (!origin_changed && now - m->progress_emitted_usec < PROGRESS_INTERVAL_USEC) {
+                int enabled = SD_EVENT_OFF;
+                uint64_t when = m->progress_emitted_usec + PROGRESS_INTERVAL_USEC;
+
+                if (m->progress_source)
+                        (void) sd_event_source_get_enabled(m->progress_source, &enabled);
+                if (enabled != SD_EVENT_OFF)
+                        return;
+                if (!m->progress_source)
+                        r = sd_event_add_time(m->event, &m->progress_source, CLOCK_MONOTONIC, when, 0,
+                                              on_progress_timer, m);
+                else {
+                        r = sd_event_source_set_time(m->progress_source, when);
+                        if (r >= 0)
+                                r = sd_event_source_set_enabled(m->progress_source, SD_EVENT_ONESHOT);
+                }
+                if (r >= 0)
+                        return;
+                log_debug_errno(r, "Failed to defer ScanProgress, announcing it now: %m");
+        }
+
+        if (strdup_to(&m->emitted_origin, m->progress_origin) < 0)
+                return;
+        m->emitted_files = m->progress_files;
+        m->emitted_known = m->progress_known;
+        m->progress_emitted_usec = now;
+        bus_manager_emit_changed(m, "ScanProgress");
+}
+
+static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        manager_emit_progress(userdata);
+        return 0;
+}
+
+static void manager_update_progress(Manager *m, int64_t scanning_id, uint64_t known) {
+        ManagedOrigin *mo = scanning_id > 0 ? manager_find_origin_by_id(m, scanning_id) : NULL;
+
+        if (!streq_ptr(mo ? mo->origin->name : NULL, m->progress_origin) &&
+            strdup_to(&m->progress_origin, mo ? mo->origin->name : NULL) < 0)
+                return;
+        m->progress_files = mo ? atomic_load(&m->scan_files) : 0;
+        m->progress_known = mo ? known : 0;
+        manager_emit_progress(m);
+}
+
+static void manager_answer_removals(Manager *m, RemovalJob *done, size_t n_done) {
+        for (size_t i = 0; i < n_done; i++) {
+                for (size_t j = 0; j < m->n_pending_removals; j++) {
+                        PendingRemoval *p = &m->pending_removals[j];
+                        if (p->id != done[i].id)
+                                continue;
+                        bus_manager_reply_remove_origin(m, p->call, p->name, done[i].result);
+                        sd_bus_message_unref(p->call);
+                        free(p->name);
+                        memmove(p, p + 1, (m->n_pending_removals - j - 1) * sizeof *p);
+                        m->n_pending_removals--;
+                        break;
+                }
+                free(done[i].name);
+        }
+        free(done);
+}
+
+/* Everything the worker published since the last time, in the order a client wants to see it: the
+ * tree's counts, then the scan's progress, then the ends of scans and removals. */
 static void manager_sync_from_worker(Manager *m) {
+        _cleanup_free_ bool *changed = calloc(m->n_managed + 1, sizeof *changed);
+        ScanFinished *finished;
+        RemovalJob *done;
+        size_t n_finished, n_done;
+        int64_t scanning_id, last_begun_id;
+        uint64_t known, scans_begun, last_begun_known;
+
+        if (!changed)
+                return (void) log_error_errno(ENOMEM, "Out of memory");
+
+        pthread_mutex_lock(&m->lock);
+        if (m->counts_changed) {
+                manager_apply_counts(m, m->counts, m->n_counts, changed);
+                m->counts_changed = false;
+        }
+        scanning_id = m->scanning_id;
+        known = m->scanning_known;
+        scans_begun = m->scans_begun;
+        last_begun_id = m->last_begun_id;
+        last_begun_known = m->last_begun_known;
+        finished = TAKE_PTR(m->finished);
+        n_finished = m->n_finished;
+        m->n_finished = 0;
+        done = TAKE_PTR(m->removals_done);
+        n_done = m->n_removals_done;
+        m->n_removals_done = 0;
+        pthread_mutex_unlock(&m->lock);
+
         uint64_t tracks = atomic_load(&m->published_tracks);
         if (tracks != m->track_count) {
                 m->track_count = tracks;
                 bus_manager_emit_changed(m, "TrackCount");
         }
+        for (size_t i = 0; i < m->n_managed; i++)
+                if (changed[i])
+                        bus_origin_emit_changed(m, m->managed[i], (char *[]) { (char *) "TrackCount", NULL });
+
+        /* A scan that began and ended between two wake-ups still shows that it ran. */
+        if (scans_begun != m->scans_announced && last_begun_id != scanning_id)
+                manager_update_progress(m, last_begun_id, last_begun_known);
+        m->scans_announced = scans_begun;
+        manager_update_progress(m, scanning_id, known);
+
+        for (size_t i = 0; i < n_finished; i++) {
+                /* A scan of an origin removed meanwhile has nothing left to announce. */
+                if (manager_find_origin_by_id(m, finished[i].origin_id))
+                        bus_manager_emit_scan_finished(m, finished[i].name, finished[i].added, finished[i].changed,
+                                                       finished[i].removed);
+                free(finished[i].name);
+        }
+        free(finished);
+
+        manager_answer_removals(m, done, n_done);
 }
 
 static void manager_check_ready(Manager *m) {
@@ -617,12 +1055,13 @@ static void manager_check_ready(Manager *m) {
         manager_set_state(m, MUSICFS_STATE_READY);
         manager_update_status(m);
         m->ready_sent = true;
+        manager_update_state(m);
         (void) sd_notifyf(false, "READY=1\nSTATUS=%s", m->status ?: "Serving");
         log_info("Ready: %" PRIu64 " tracks at %s, %s on the %s bus", m->track_count, m->config.mountpoint,
                  MUSICFS_BUS_NAME, m->config.user_bus ? "user" : "system");
 }
 
-/* ---- the worker: scans and tree rebuilds ---- */
+/* ---- the worker: scans, removals and tree rebuilds ---- */
 
 static void worker_notify(Manager *m) {
         if (eventfd_write(m->worker_efd, 1) < 0)
@@ -631,6 +1070,8 @@ static void worker_notify(Manager *m) {
 
 static void worker_rebuild(Manager *m) {
         _cleanup_(tree_unrefp) Tree *tree = NULL;
+        OriginCount *counts = NULL;
+        size_t n_counts = 0;
         uint64_t t0 = now_usec();
         int r;
 
@@ -642,7 +1083,7 @@ static void worker_rebuild(Manager *m) {
         m->rebuild_requested = false;
         pthread_mutex_unlock(&m->lock);
 
-        r = manager_build_tree(m, m->template, &tree, NULL);
+        r = manager_build_tree(m, m->template, &tree, NULL, &counts, &n_counts);
         if (r < 0) {
                 log_warning("Keeping the current tree");
                 return;
@@ -650,9 +1091,19 @@ static void worker_rebuild(Manager *m) {
         /* The store owns the new tree from here; only this thread publishes, so it stays alive. */
         Tree *published = tree;
         Tree *old = tree_store_publish(m->trees, TAKE_PTR(tree));
+        /* The loop may unmount meanwhile: it takes the filesystem away under the same lock. */
+        pthread_mutex_lock(&m->fs_lock);
         if (m->fs)
                 fusefs_tree_changed(m->fs, old, published);
+        pthread_mutex_unlock(&m->fs_lock);
         tree_unref(old);
+
+        pthread_mutex_lock(&m->lock);
+        free(m->counts);
+        m->counts = counts;
+        m->n_counts = n_counts;
+        m->counts_changed = true;
+        pthread_mutex_unlock(&m->lock);
 
         atomic_store(&m->published_tracks, tree_track_count(published));
         log_debug("Published a tree of %" PRIu64 " tracks in %.0f ms", tree_track_count(published),
@@ -660,8 +1111,70 @@ static void worker_rebuild(Manager *m) {
         worker_notify(m);
 }
 
+/* Drops the catalog rows of removed origins (except the one being scanned, whose scan stops first)
+ * and publishes the tree without them; the loop answers the callers. */
+static void worker_process_removals(Manager *m, int64_t skip_id) {
+        RemovalJob *jobs = NULL;
+        size_t n_jobs = 0, kept = 0;
+
+        pthread_mutex_lock(&m->lock);
+        if (skip_id == 0) {
+                jobs = TAKE_PTR(m->removals);
+                n_jobs = m->n_removals;
+                m->n_removals = 0;
+        } else if (m->n_removals > 0) {
+                /* Out of memory, nothing is taken: the removals wait for the end of the scan. */
+                jobs = calloc(m->n_removals, sizeof *jobs);
+                for (size_t i = 0; jobs && i < m->n_removals; i++) {
+                        if (m->removals[i].id == skip_id)
+                                m->removals[kept++] = m->removals[i];
+                        else
+                                jobs[n_jobs++] = m->removals[i];
+                }
+                if (jobs)
+                        m->n_removals = kept;
+        }
+        pthread_mutex_unlock(&m->lock);
+
+        if (n_jobs == 0) {
+                free(jobs);
+                return;
+        }
+
+        for (size_t i = 0; i < n_jobs; i++) {
+                int r = catalog_origin_remove(m->catalog, jobs[i].name);
+                if (r == -ENOENT)
+                        r = 0;
+                if (r < 0)
+                        log_warning_errno(r, "Failed to drop the files of removed origin %s from the catalog: %m",
+                                          jobs[i].name);
+                else
+                        log_info("Origin %s removed from the catalog", jobs[i].name);
+                jobs[i].result = r;
+        }
+        worker_rebuild(m);
+
+        pthread_mutex_lock(&m->lock);
+        RemovalJob *grown = reallocarray(m->removals_done, m->n_removals_done + n_jobs, sizeof *grown);
+        if (grown) {
+                m->removals_done = grown;
+                memcpy(m->removals_done + m->n_removals_done, jobs, n_jobs * sizeof *jobs);
+                m->n_removals_done += n_jobs;
+        } else {
+                /* The callers get no answer (their calls time out), but nothing leaks. */
+                log_error_errno(ENOMEM, "Out of memory; cannot answer RemoveOrigin");
+                for (size_t i = 0; i < n_jobs; i++)
+                        free(jobs[i].name);
+        }
+        pthread_mutex_unlock(&m->lock);
+        free(jobs);
+        worker_notify(m);
+}
+
 typedef struct ScanContext {
         Manager *m;
+        int64_t origin_id;
+        bool publish_while_scanning;
         uint64_t last_publish;
 } ScanContext;
 
@@ -672,68 +1185,133 @@ static void on_batch_committed(const ScanStats *stats, void *userdata) {
         atomic_store(&m->scan_files, stats->seen);
         worker_notify(m);
 
-        if (m->first_scan && now_usec() - c->last_publish >= FIRST_SCAN_PUBLISH_USEC) {
+        /* A RemoveOrigin of another origin does not wait for the end of this scan. */
+        worker_process_removals(m, c->origin_id);
+
+        if (c->publish_while_scanning && now_usec() - c->last_publish >= FIRST_SCAN_PUBLISH_USEC) {
                 worker_rebuild(m);
                 c->last_publish = now_usec();
         }
 }
 
-static void worker_scan_all(Manager *m) {
-        ScanContext ctx = { .m = m, .last_publish = now_usec() };
-        ScanHooks hooks = { .batch_committed = on_batch_committed, .userdata = &ctx, .cancel = &m->cancel };
-        uint64_t changes = 0;
-        bool failed = false;
+static void worker_finished(Manager *m, const Origin *o, int result, const ScanStats *st) {
+        ScanFinished f = {
+                .origin_id = o->id,
+                .name = strdup(o->name),
+                .result = result,
+                .added = st->added,
+                .changed = st->changed,
+                .removed = st->removed,
+        };
 
-        for (size_t i = 0; i < origin_set_size(m->origins) && !atomic_load(&m->cancel); i++) {
-                Origin *o = origin_set_at(m->origins, i);
-                ScanStats st = {};
-                uint64_t t0 = now_usec();
-                int r;
+        if (!f.name)
+                return (void) log_error_errno(ENOMEM, "Out of memory; no ScanFinished for %s", o->name);
+        pthread_mutex_lock(&m->lock);
+        ScanFinished *grown = reallocarray(m->finished, m->n_finished + 1, sizeof *grown);
+        if (grown) {
+                m->finished = grown;
+                m->finished[m->n_finished++] = f;
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (!grown) {
+                free(f.name);
+                log_error_errno(ENOMEM, "Out of memory; no ScanFinished for %s", o->name);
+        }
+}
+
+static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
+        Origin *o = origin_set_get_ref(m->origins, id);
+        ScanStats st = {};
+        uint64_t t0 = now_usec();
+        int r;
+
+        if (o) {
+                /* A library that starts empty shows its files as they are found, not at the end. */
+                ScanContext ctx = {
+                        .m = m,
+                        .origin_id = id,
+                        .publish_while_scanning = m->first_scan || known == 0,
+                        .last_publish = now_usec(),
+                };
+                ScanHooks hooks = { .batch_committed = on_batch_committed, .userdata = &ctx, .cancel = &m->scan_cancel };
 
                 atomic_store(&m->scan_files, 0);
-                atomic_store(&m->scan_origin, (int) i);
                 worker_notify(m);
 
                 r = scan_origin(m->catalog, o, atomic_load(&m->scan_batch), &hooks, &st);
-                changes += st.added + st.changed + st.removed;
-                if (r == -ECANCELED) {
+                uint64_t changes = st.added + st.changed + st.removed;
+                if (r == -ECANCELED)
                         log_info("Scan of origin %s cancelled after %" PRIu64 " files", o->name, st.seen);
-                        break;
-                }
-                if (r < 0) {
+                else if (r < 0)
                         /* Batches committed before the failure stay in the catalog. */
-                        failed = true;
                         log_warning_errno(r, "Scan of origin %s failed after %" PRIu64 " files: %m", o->name, st.seen);
-                } else
+                else
                         log_debug("Scanned origin %s in %.1f s: %" PRIu64 " files, %" PRIu64 " added, %" PRIu64
-                                 " changed, %" PRIu64 " removed, %" PRIu64 " with unreadable tags, %" PRIu64 " failed",
-                                 o->name, (double) (now_usec() - t0) / 1e6, st.seen, st.added, st.changed,
-                                 st.removed, st.unparsed, st.failed);
+                                  " changed, %" PRIu64 " removed, %" PRIu64 " with unreadable tags, %" PRIu64 " failed",
+                                  o->name, (double) (now_usec() - t0) / 1e6, st.seen, st.added, st.changed,
+                                  st.removed, st.unparsed, st.failed);
+
+                pthread_mutex_lock(&m->lock);
+                m->scanning_id = 0;
+                pthread_mutex_unlock(&m->lock);
+
+                /* The same catalog gives the same tree: at 100k tracks a rebuild is a second of CPU. A
+                 * cancelled scan belongs to an origin being removed (which publishes anyway) or to a
+                 * stop. */
+                if (r != -ECANCELED && !atomic_load(&m->cancel)) {
+                        if (changes > 0 || r < 0 || ctx.publish_while_scanning)
+                                worker_rebuild(m);
+                        else
+                                log_debug("The scan of %s changed nothing; keeping the tree", o->name);
+                        worker_finished(m, o, r, &st);
+                }
+        } else {
+                pthread_mutex_lock(&m->lock);
+                m->scanning_id = 0;
+                pthread_mutex_unlock(&m->lock);
         }
 
-        atomic_store(&m->scan_origin, -1);
-        /* The same catalog gives the same tree: at 100k tracks a rebuild is a second of CPU. */
-        if (!atomic_load(&m->cancel)) {
-                if (changes > 0 || failed || m->first_scan)
-                        worker_rebuild(m);
-                else
-                        log_debug("The scan changed nothing; keeping the tree");
-        }
-        m->first_scan = false;
         worker_notify(m);
+        origin_unref(o);
 }
 
 static void *worker_main(void *userdata) {
         Manager *m = userdata;
 
-        worker_scan_all(m);
-
         pthread_mutex_lock(&m->lock);
         for (;;) {
-                while (!atomic_load(&m->cancel) && !m->rebuild_requested)
+                while (!atomic_load(&m->cancel) && !m->rebuild_requested && m->n_scan_queue == 0 && m->n_removals == 0)
                         pthread_cond_wait(&m->wake, &m->lock);
                 if (atomic_load(&m->cancel))
                         break;
+
+                if (m->n_removals > 0) {
+                        pthread_mutex_unlock(&m->lock);
+                        worker_process_removals(m, 0);
+                        pthread_mutex_lock(&m->lock);
+                        continue;
+                }
+
+                if (m->n_scan_queue > 0) {
+                        int64_t id = m->scan_queue[0];
+                        memmove(m->scan_queue, m->scan_queue + 1, (m->n_scan_queue - 1) * sizeof *m->scan_queue);
+                        m->n_scan_queue--;
+                        /* Under the lock, so that a RemoveOrigin of this origin sees it and cancels. */
+                        m->scanning_id = m->last_begun_id = id;
+                        m->scanning_known = m->last_begun_known = count_of(m->counts, m->n_counts, id);
+                        m->scans_begun++;
+                        uint64_t known = m->scanning_known;
+                        atomic_store(&m->scan_cancel, false);
+                        pthread_mutex_unlock(&m->lock);
+
+                        worker_scan_one(m, id, known);
+
+                        pthread_mutex_lock(&m->lock);
+                        if (m->n_scan_queue == 0)
+                                m->first_scan = false;
+                        continue;
+                }
+
                 pthread_mutex_unlock(&m->lock);
                 worker_rebuild(m);
                 pthread_mutex_lock(&m->lock);
@@ -742,11 +1320,49 @@ static void *worker_main(void *userdata) {
         return NULL;
 }
 
+/* Under m->lock. */
+static int manager_queue_scan_locked(Manager *m, int64_t id) {
+        for (size_t i = 0; i < m->n_scan_queue; i++)
+                if (m->scan_queue[i] == id)
+                        return 0;
+        int64_t *grown = reallocarray(m->scan_queue, m->n_scan_queue + 1, sizeof *grown);
+        if (!grown)
+                return -ENOMEM;
+        m->scan_queue = grown;
+        m->scan_queue[m->n_scan_queue++] = id;
+        return 0;
+}
+
+static int manager_queue_scans(Manager *m, ManagedOrigin *only) {
+        int r = 0;
+
+        pthread_mutex_lock(&m->lock);
+        for (size_t i = 0; r >= 0 && i < m->n_managed; i++)
+                if (!only || m->managed[i] == only)
+                        r = manager_queue_scan_locked(m, m->managed[i]->origin->id);
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        return r;
+}
+
+int manager_rescan(Manager *m, const char *name) {
+        ManagedOrigin *mo = NULL;
+
+        if (name && *name) {
+                mo = manager_find_origin(m, name);
+                if (!mo)
+                        return -ENXIO;
+        }
+        log_info("Rescan of %s requested", mo ? mo->origin->name : "every origin");
+        return manager_queue_scans(m, mo);
+}
+
 static void manager_stop_worker(Manager *m) {
         if (!m->worker_started)
                 return;
-        atomic_store(&m->cancel, true);
         pthread_mutex_lock(&m->lock);
+        atomic_store(&m->cancel, true);
+        atomic_store(&m->scan_cancel, true);
         pthread_cond_broadcast(&m->wake);
         pthread_mutex_unlock(&m->lock);
         pthread_join(m->worker, NULL);
@@ -763,11 +1379,545 @@ static int on_worker_event(sd_event_source *s, int fd, uint32_t revents, void *u
         return 0;
 }
 
+/* ---- adding and removing origins at runtime ---- */
+
+int manager_add_origin(Manager *m, const char *name, const char *dir, unsigned priority, ManagedOrigin **ret) {
+        _cleanup_(origin_freep) Origin *o = NULL;
+        _cleanup_(managed_origin_freep) ManagedOrigin *mo = NULL;
+        int64_t id;
+        int r;
+
+        if (manager_find_origin(m, name))
+                return -EEXIST;
+        /* Its rows are dropped by name; a new origin of that name must not lose its own. */
+        for (size_t i = 0; i < m->n_pending_removals; i++)
+                if (streq_ptr(m->pending_removals[i].name, name))
+                        return -EBUSY;
+
+        r = origin_local_new(name, dir, priority, &o);
+        if (r < 0)
+                return r;
+        /* Rows left under this name (an origin configured once, not now) describe another
+         * directory as far as we know: start from nothing. */
+        r = catalog_origin_remove(m->catalog, name);
+        if (r < 0 && r != -ENOENT)
+                return log_error_errno(r, "Failed to drop old catalog rows of origin %s: %m", name);
+        r = catalog_origin_ensure(m->catalog, name, o->url, priority, &id);
+        if (r < 0)
+                return log_error_errno(r, "Failed to record origin %s in the catalog: %m", name);
+        o->id = id;
+
+        r = managed_origin_new(o, &mo);
+        if (r < 0)
+                return r;
+        r = manager_insert_managed(m, mo);
+        if (r < 0)
+                return r;
+        r = origin_set_add(m->origins, o);
+        if (r < 0) {
+                manager_remove_managed(m, mo);
+                return r;
+        }
+        TAKE_PTR(o);
+        ManagedOrigin *added = TAKE_PTR(mo);
+
+        log_info("Added origin %s (%s, priority %u); scanning it", name, added->url, priority);
+        bus_origin_emit_added(m, added);
+        bus_manager_emit_changed(m, "Origins");
+        manager_update_state(m);
+        r = manager_queue_scans(m, added);
+        if (r < 0)
+                log_warning_errno(r, "Failed to queue a scan of origin %s; Rescan it: %m", name);
+        if (ret)
+                *ret = added;
+        return 0;
+}
+
+static void health_check_answer(Manager *m, HealthCheck *c, const char *name, const ManagedOrigin *mo);
+static void health_check_detach(HealthCheck *c);
+
+int manager_remove_origin(Manager *m, const char *name, sd_bus_message *call) {
+        ManagedOrigin *mo = manager_find_origin(m, name);
+        RemovalJob job = {};
+        int r;
+
+        if (!mo)
+                return -ENXIO;
+
+        /* Everything that can fail first, so that a failure leaves the origin as it was. */
+        PendingRemoval *grown = reallocarray(m->pending_removals, m->n_pending_removals + 1, sizeof *grown);
+        if (!grown)
+                return -ENOMEM;
+        m->pending_removals = grown;
+        _cleanup_free_ char *pending_name = strdup(name);
+        job.name = strdup(name);
+        if (!pending_name || !job.name) {
+                free(job.name);
+                return -ENOMEM;
+        }
+        job.id = mo->origin->id;
+
+        pthread_mutex_lock(&m->lock);
+        RemovalJob *jobs = reallocarray(m->removals, m->n_removals + 1, sizeof *jobs);
+        if (jobs) {
+                m->removals = jobs;
+                m->removals[m->n_removals++] = job;
+                /* Its queued scan goes; a running one stops at the next file. */
+                size_t kept = 0;
+                for (size_t i = 0; i < m->n_scan_queue; i++)
+                        if (m->scan_queue[i] != job.id)
+                                m->scan_queue[kept++] = m->scan_queue[i];
+                m->n_scan_queue = kept;
+                if (m->scanning_id == job.id)
+                        atomic_store(&m->scan_cancel, true);
+                pthread_cond_broadcast(&m->wake);
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (!jobs) {
+                free(job.name);
+                return -ENOMEM;
+        }
+
+        /* InterfacesRemoved needs the object still there. */
+        bus_origin_emit_removed(m, mo);
+        r = origin_set_remove(m->origins, job.id);
+        if (r < 0)
+                log_warning_errno(r, "Origin %s was not in the origin set: %m", name);
+        manager_remove_managed(m, mo);
+        if (mo->check) {
+                health_check_answer(m, mo->check, name, NULL);
+                health_check_detach(mo->check);
+                mo->check = NULL;
+        }
+        m->pending_removals[m->n_pending_removals++] = (PendingRemoval) {
+                .id = job.id,
+                .name = TAKE_PTR(pending_name),
+                .call = sd_bus_message_ref(call),
+        };
+
+        log_info("Removing origin %s (%s)", name, mo->url);
+        bus_manager_emit_changed(m, "Origins");
+        manager_update_state(m);
+        managed_origin_free(mo);
+        return 0;
+}
+
+/* ---- health checks ---- */
+
+/* Checks run on short-lived detached threads, because origin_check() can hang on a dead network
+ * filesystem; the loop answers from a timer if one takes too long. The queue outlives the manager
+ * while a check is still running. */
+struct HealthQueue {
+        pthread_mutex_t lock;
+        atomic_uint n_ref;
+        int efd;
+        bool closed;            /* the manager is gone: checks that end free themselves */
+        HealthCheck *done;      /* checks that ended, for the loop */
+};
+
+struct HealthCheck {
+        /* Set before the thread starts. */
+        HealthQueue *queue;     /* the thread's reference */
+        Origin *origin;         /* a reference */
+        int64_t origin_id;
+        /* Written by the thread before it queues the check, read by the loop after. */
+        int result;
+        uint64_t latency_usec;
+        uint64_t checked_usec;  /* CLOCK_REALTIME */
+        HealthCheck *next;
+        bool queued;            /* under queue->lock */
+        /* Loop thread only. */
+        Manager *manager;
+        sd_bus_message **waiters;
+        size_t n_waiters;
+        sd_event_source *timeout_source;
+        bool timed_out;
+};
+
+static int health_queue_new(HealthQueue **ret) {
+        HealthQueue *q = calloc(1, sizeof *q);
+        if (!q)
+                return -ENOMEM;
+        q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (q->efd < 0) {
+                int r = -errno;
+                free(q);
+                return r;
+        }
+        pthread_mutex_init(&q->lock, NULL);
+        atomic_init(&q->n_ref, 1);
+        *ret = q;
+        return 0;
+}
+
+static HealthQueue *health_queue_ref(HealthQueue *q) {
+        atomic_fetch_add(&q->n_ref, 1);
+        return q;
+}
+
+static void health_queue_unref(HealthQueue *q) {
+        if (!q || atomic_fetch_sub(&q->n_ref, 1) != 1)
+                return;
+        close(q->efd);
+        pthread_mutex_destroy(&q->lock);
+        free(q);
+}
+
+/* The loop's parts: the timer and the parked calls (unanswered: the caller answers first). */
+static void health_check_detach(HealthCheck *c) {
+        c->timeout_source = sd_event_source_disable_unref(c->timeout_source);
+        for (size_t i = 0; i < c->n_waiters; i++)
+                sd_bus_message_unref(c->waiters[i]);
+        c->waiters = mfree_ptr(c->waiters);
+        c->n_waiters = 0;
+        c->manager = NULL;
+}
+
+static void health_check_free(HealthCheck *c) {
+        if (!c)
+                return;
+        health_check_detach(c);
+        origin_unref(c->origin);
+        free(c);
+}
+
+static void health_check_answer(Manager *m, HealthCheck *c, const char *name, const ManagedOrigin *mo) {
+        for (size_t i = 0; i < c->n_waiters; i++) {
+                bus_manager_reply_check_origin(m, c->waiters[i], name, mo);
+                sd_bus_message_unref(c->waiters[i]);
+        }
+        c->waiters = mfree_ptr(c->waiters);
+        c->n_waiters = 0;
+}
+
+static void *health_check_main(void *userdata) {
+        HealthCheck *c = userdata;
+        HealthQueue *q = c->queue;
+        uint64_t t0 = now_usec();
+
+        c->result = origin_check(c->origin);
+        c->latency_usec = now_usec() - t0;
+        c->checked_usec = realtime_usec();
+
+        pthread_mutex_lock(&q->lock);
+        bool closed = q->closed;
+        if (!closed) {
+                /* From here the check is the loop's. */
+                c->next = q->done;
+                q->done = c;
+                c->queued = true;
+                if (eventfd_write(q->efd, 1) < 0)
+                        log_error_errno(errno, "Failed to wake the event loop for a health check: %m");
+        }
+        pthread_mutex_unlock(&q->lock);
+        if (closed)
+                health_check_free(c);
+        health_queue_unref(q);
+        return NULL;
+}
+
+static char *health_error_describe(const ManagedOrigin *mo, int r) {
+        char *s = NULL;
+        const char *why;
+
+        switch (-r) {
+        case ETIMEDOUT:
+                why = "the health check did not finish within 5 s";
+                break;
+        case ENOENT:
+                why = "the directory is gone";
+                break;
+        case ESTALE:
+                why = "the directory at this path is not the one the origin opened (moved or replaced)";
+                break;
+        default:
+                why = strerror(-r);
+        }
+        if (asprintf(&s, "%s: %s", mo->url, why) < 0)
+                return NULL;
+        return s;
+}
+
+/* D11: a local origin is unhealthy after one failed check, a remote one after three; one success
+ * heals. */
+static void manager_record_check(Manager *m, ManagedOrigin *mo, int r, uint64_t latency_usec, uint64_t when_usec) {
+        OriginHealthState old = mo->health;
+        unsigned threshold = strcmp(mo->origin->ops->kind, "local") == 0 ? 1 : 3;
+        char *changed[8];
+        size_t n = 0;
+
+        changed[n++] = (char *) "LastCheckUSec";
+        mo->last_check_usec = when_usec;
+        if (latency_usec != mo->last_latency_usec) {
+                mo->last_latency_usec = latency_usec;
+                changed[n++] = (char *) "LastLatencyUSec";
+        }
+
+        if (r < 0) {
+                _cleanup_free_ char *e = health_error_describe(mo, r);
+                if (mo->consecutive_failures < UINT32_MAX) {
+                        mo->consecutive_failures++;
+                        changed[n++] = (char *) "ConsecutiveFailures";
+                }
+                if (e && !streq_ptr(e, mo->last_error)) {
+                        free(mo->last_error);
+                        mo->last_error = TAKE_PTR(e);
+                        changed[n++] = (char *) "LastError";
+                }
+                mo->health = mo->consecutive_failures >= threshold ? ORIGIN_UNHEALTHY : ORIGIN_DEGRADED;
+        } else {
+                if (mo->consecutive_failures > 0) {
+                        mo->consecutive_failures = 0;
+                        changed[n++] = (char *) "ConsecutiveFailures";
+                }
+                if (mo->last_error) {
+                        mo->last_error = mfree_ptr(mo->last_error);
+                        changed[n++] = (char *) "LastError";
+                }
+                mo->health = ORIGIN_HEALTHY;
+        }
+        if (mo->health != old)
+                changed[n++] = (char *) "Health";
+        changed[n] = NULL;
+
+        bus_origin_emit_changed(m, mo, changed);
+        if (mo->health == old)
+                return;
+        if (r < 0)
+                log_warning("Origin %s is %s: %s", mo->origin->name, origin_health_state_to_string(mo->health),
+                            strna(mo->last_error));
+        else
+                log_notice("Origin %s is %s again", mo->origin->name, origin_health_state_to_string(mo->health));
+        bus_manager_emit_origin_health_changed(m, mo->origin->name, origin_health_state_to_string(old),
+                                               origin_health_state_to_string(mo->health));
+        manager_update_state(m);
+}
+
+static int on_health_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        HealthCheck *c = userdata;
+        Manager *m = c->manager;
+        ManagedOrigin *mo = m ? manager_find_origin_by_id(m, c->origin_id) : NULL;
+
+        if (!mo || mo->check != c)
+                return 0;
+        /* It may still end, late: it stays this origin's check so that no second thread piles up on a
+         * hung filesystem, but what it finds no longer counts. */
+        c->timed_out = true;
+        manager_record_check(m, mo, -ETIMEDOUT, HEALTH_CHECK_TIMEOUT_USEC, realtime_usec());
+        health_check_answer(m, c, mo->origin->name, mo);
+        return 0;
+}
+
+static int on_health_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+        HealthQueue *q = m->health_queue;
+        HealthCheck *done;
+        eventfd_t v;
+
+        (void) eventfd_read(fd, &v);
+        pthread_mutex_lock(&q->lock);
+        done = TAKE_PTR(q->done);
+        pthread_mutex_unlock(&q->lock);
+
+        while (done) {
+                HealthCheck *c = done;
+                ManagedOrigin *mo = manager_find_origin_by_id(m, c->origin_id);
+
+                done = c->next;
+                if (mo && mo->check == c) {
+                        mo->check = NULL;
+                        if (!c->timed_out)
+                                manager_record_check(m, mo, c->result, c->latency_usec, c->checked_usec);
+                        health_check_answer(m, c, mo->origin->name, mo);
+                }
+                health_check_free(c);
+        }
+        return 0;
+}
+
+int manager_check_origin(Manager *m, ManagedOrigin *mo, sd_bus_message *call) {
+        HealthCheck *c = mo->check;
+        pthread_attr_t attr;
+        pthread_t thread;
+        int r;
+
+        if (c && c->timed_out)
+                return 1;
+
+        sd_bus_message **grown = reallocarray(c ? c->waiters : NULL, (c ? c->n_waiters : 0) + 1, sizeof *grown);
+        if (!grown)
+                return -ENOMEM;
+        if (c) {
+                /* One check at a time per origin: this call gets the answer of the one running. */
+                c->waiters = grown;
+                c->waiters[c->n_waiters++] = sd_bus_message_ref(call);
+                return 0;
+        }
+
+        c = calloc(1, sizeof *c);
+        if (!c) {
+                free(grown);
+                return -ENOMEM;
+        }
+        c->origin = origin_ref(mo->origin);
+        c->origin_id = mo->origin->id;
+        c->manager = m;
+        c->waiters = grown;
+        c->waiters[c->n_waiters++] = sd_bus_message_ref(call);
+
+        r = sd_event_add_time_relative(m->event, &c->timeout_source, CLOCK_MONOTONIC, HEALTH_CHECK_TIMEOUT_USEC, 0,
+                                       on_health_timeout, c);
+        if (r < 0) {
+                health_check_free(c);
+                return r;
+        }
+
+        c->queue = health_queue_ref(m->health_queue);
+        r = -pthread_attr_init(&attr);
+        if (r == 0)
+                r = -pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (r == 0)
+                r = -pthread_create(&thread, &attr, health_check_main, c);
+        (void) pthread_attr_destroy(&attr);
+        if (r < 0) {
+                health_queue_unref(c->queue);
+                health_check_free(c);
+                return log_warning_errno(r, "Failed to start a health check of origin %s: %m", mo->origin->name);
+        }
+        mo->check = c;
+        return 0;
+}
+
+/* ---- mounting and unmounting at runtime ---- */
+
+static int on_fuse_event(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+static int manager_watch_fuse(Manager *m) {
+        int fd = fusefs_event_fd(m->fs);
+        int r;
+
+        if (fd < 0) {
+                log_warning_errno(fd, "No FUSE connection event fd, an unmount from outside will go unnoticed: %m");
+                return 0;
+        }
+        r = sd_event_add_io(m->event, &m->fuse_source, fd, EPOLLIN, on_fuse_event, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch the FUSE connection: %m");
+        return 0;
+}
+
+int manager_mount(Manager *m, const char *mountpoint) {
+        _cleanup_free_ char *path = NULL;
+        FuseFs *fs = NULL;
+        int r;
+
+        if (m->fs)
+                return -EBUSY;
+        path = strdup(mountpoint && *mountpoint ? mountpoint : m->config.mountpoint);
+        if (!path)
+                return -ENOMEM;
+
+        r = mountpoint_has_live_fuse(path, MOUNT_PROBE_TIMEOUT_USEC);
+        if (r < 0)
+                return r;
+        if (r > 0)
+                return -EBUSY;
+        r = fusefs_cleanup_stale_mount(path);
+        if (r < 0)
+                return r;
+        if (r > 0)
+                log_notice("Removed a stale mount at %s", path);
+        r = check_mountpoint(path);
+        if (r < 0)
+                return r;
+
+        FuseFsOptions opts = {
+                .mountpoint = path,
+                .threads = m->config.fuse_threads,
+                .entry_timeout = m->config.entry_timeout,
+                .attr_timeout = m->config.attr_timeout,
+                .allow_other = geteuid() == 0,
+                .debug = false,
+        };
+        r = fusefs_mount(&opts, m->trees, m->origins, &fs);
+        if (r < 0)
+                return r;
+        r = fusefs_start(fs);
+        if (r < 0) {
+                fusefs_stop(fs);
+                return r;
+        }
+
+        pthread_mutex_lock(&m->fs_lock);
+        m->fs = fs;
+        pthread_mutex_unlock(&m->fs_lock);
+        free(m->mountpoint);
+        m->mountpoint = TAKE_PTR(path);
+        (void) manager_watch_fuse(m);
+
+        log_info("Mounted %s with %" PRIu64 " tracks", m->mountpoint, m->track_count);
+        bus_manager_emit_changed(m, "MountPoint");
+        return 0;
+}
+
+/* A plain (not lazy) unmount, which the kernel refuses with EBUSY while files are open in the mount
+ * or a process has its working directory there. */
+static int unmount_if_idle(const char *path) {
+        if (umount2(path, UMOUNT_NOFOLLOW) >= 0)
+                return 0;
+        if (errno != EPERM || geteuid() == 0)
+                return -errno;
+
+        /* Not root: fusermount3 -u (without -z) refuses a busy mount the same way. */
+        extern char **environ;
+        char *argv[] = { (char *) "fusermount3", (char *) "-u", (char *) "-q", (char *) "--", (char *) path, NULL };
+        pid_t pid;
+        int status, r;
+
+        r = posix_spawnp(&pid, "fusermount3", NULL, NULL, argv, environ);
+        if (r != 0)
+                return -r;
+        while (waitpid(pid, &status, 0) < 0)
+                if (errno != EINTR)
+                        return -errno;
+        return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EBUSY;
+}
+
+int manager_unmount(Manager *m, bool force) {
+        FuseFs *fs;
+        int r;
+
+        if (!m->fs)
+                return -ENOTCONN;
+
+        /* Our own unmount closes the connection; that is not a loss to stop for. */
+        m->fuse_source = sd_event_source_disable_unref(m->fuse_source);
+        if (!force) {
+                r = unmount_if_idle(m->mountpoint);
+                if (r < 0) {
+                        (void) manager_watch_fuse(m);
+                        return r;
+                }
+        }
+
+        pthread_mutex_lock(&m->fs_lock);
+        fs = TAKE_PTR(m->fs);
+        pthread_mutex_unlock(&m->fs_lock);
+        /* With force, this detaches lazily and closes /dev/fuse: the kernel aborts the connection,
+         * and files still open fail with ENOTCONN instead of keeping the old mount alive. */
+        fusefs_stop(fs);
+
+        log_info("Unmounted %s%s; still running", m->mountpoint, force ? " (forced)" : "");
+        m->mountpoint = mfree_ptr(m->mountpoint);
+        bus_manager_emit_changed(m, "MountPoint");
+        return 0;
+}
+
 /* ---- stopping ---- */
 
 static _noreturn_ void manager_exit_now(Manager *m) {
-        if (m->config.mountpoint && umount2(m->config.mountpoint, MNT_DETACH) < 0)
-                log_warning_errno(errno, "Failed to detach %s: %m", m->config.mountpoint);
+        if (m->mountpoint && umount2(m->mountpoint, MNT_DETACH) < 0)
+                log_warning_errno(errno, "Failed to detach %s: %m", m->mountpoint);
         _exit(1);
 }
 
@@ -854,7 +2004,7 @@ static void manager_begin_stop(Manager *m, int exit_code) {
 
 /* ---- loop handlers ---- */
 
-static void manager_reload(Manager *m) {
+int manager_reload(Manager *m, char **ret_error) {
         _cleanup_(config_free) Config new = {};
         _cleanup_(template_freep) Template *tpl = NULL;
         _cleanup_free_ char *error = NULL;
@@ -866,6 +2016,8 @@ static void manager_reload(Manager *m) {
         if (r < 0) {
                 log_error("%s", error ?: "Invalid configuration");
                 log_warning("Reload failed; keeping the running configuration");
+                if (ret_error)
+                        *ret_error = TAKE_PTR(error);
                 goto done;
         }
 
@@ -882,7 +2034,7 @@ static void manager_reload(Manager *m) {
                 log_warning("cache_dir changed (%s -> %s): needs a restart, keeping %s",
                             m->config.cache_dir, new.cache_dir, m->config.cache_dir);
         if (changes & CONFIG_CHANGE_ORIGINS)
-                log_warning("origins changed: needs a restart, keeping the %zu running origin(s)", m->config.n_origins);
+                log_warning("origins changed: needs a restart, keeping the %zu running origin(s)", m->n_managed);
         if (changes & CONFIG_CHANGE_BUS)
                 log_warning("bus changed: needs a restart, staying on the %s bus", m->config.user_bus ? "user" : "system");
         if (changes & CONFIG_CHANGE_FUSE_THREADS)
@@ -919,10 +2071,12 @@ static void manager_reload(Manager *m) {
                 pthread_cond_broadcast(&m->wake);
                 pthread_mutex_unlock(&m->lock);
         }
+        r = 0;
 
 done:
         manager_update_status(m);
         (void) sd_notifyf(false, "READY=1\nSTATUS=%s", m->status ?: "Serving");
+        return r;
 }
 
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -935,7 +2089,7 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
                         return 0;
                 }
                 log_info("Received SIGHUP, reloading the configuration");
-                manager_reload(m);
+                (void) manager_reload(m, NULL);
                 return 0;
         }
 
@@ -951,7 +2105,7 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
 static int on_fuse_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Manager *m = userdata;
 
-        log_error("The mount at %s went away (unmounted from outside?); stopping", m->config.mountpoint);
+        log_error("The mount at %s went away (unmounted from outside?); stopping", strna(m->mountpoint));
         manager_begin_stop(m, 1);
         return 0;
 }
@@ -1078,9 +2232,9 @@ static int manager_attach_bus(Manager *m, sd_bus *bus_in) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = bus_in;
         int r;
 
-        r = sd_bus_add_object_vtable(bus, NULL, MUSICFS_MANAGER_PATH, MUSICFS_MANAGER_IFACE, manager_vtable, m);
+        r = bus_manager_attach(m, bus);
         if (r < 0)
-                return log_error_errno(r, "Failed to add the %s object: %m", MUSICFS_MANAGER_PATH);
+                return r;
         r = sd_bus_match_signal_async(bus, NULL, "org.freedesktop.DBus.Local", NULL, "org.freedesktop.DBus.Local",
                                       "Disconnected", on_bus_disconnected, NULL, m);
         if (r < 0)
@@ -1093,6 +2247,49 @@ static int manager_attach_bus(Manager *m, sd_bus *bus_in) {
                 return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
 
         m->bus = TAKE_PTR(bus);
+        return 0;
+}
+
+/* A bus daemon that comes back has a new guid: an address that names the old one (as the address an
+ * activated service is given does) would refuse every reconnection. */
+int manager_address_strip_guid(const char *address, char **ret) {
+        char *out;
+        size_t o = 0;
+
+        if (!address || !ret)
+                return -EINVAL;
+        out = malloc(strlen(address) + 1);
+        if (!out)
+                return -ENOMEM;
+
+        /* TRANSPORT:KEY=VALUE,KEY=VALUE;TRANSPORT:... */
+        for (const char *p = address; *p; ) {
+                size_t seg = strcspn(p, ";");
+                const char *colon = memchr(p, ':', seg);
+                size_t head = colon ? (size_t) (colon - p) + 1 : 0;
+                bool first = true;
+
+                memcpy(out + o, p, head);
+                o += head;
+                for (const char *q = p + head; q < p + seg; ) {
+                        size_t n = strcspn(q, ",;");
+                        if (!(n >= 5 && strncmp(q, "guid=", 5) == 0)) {
+                                if (!first)
+                                        out[o++] = ',';
+                                memcpy(out + o, q, n);
+                                o += n;
+                                first = false;
+                        }
+                        q += n;
+                        if (*q == ',')
+                                q++;
+                }
+                p += seg;
+                if (*p == ';')
+                        out[o++] = *p++;
+        }
+        out[o] = '\0';
+        *ret = out;
         return 0;
 }
 
@@ -1110,9 +2307,12 @@ static int manager_connect_bus(Manager *m) {
 
         const char *address = NULL;
         (void) sd_bus_get_address(bus, &address);
-        if (address && strdup_to(&m->bus_address, address) < 0) {
-                sd_bus_close_unref(bus);
-                return log_error_errno(ENOMEM, "Out of memory");
+        if (address) {
+                m->bus_address = mfree_ptr(m->bus_address);
+                if (manager_address_strip_guid(address, &m->bus_address) < 0) {
+                        sd_bus_close_unref(bus);
+                        return log_error_errno(ENOMEM, "Out of memory");
+                }
         }
         return manager_attach_bus(m, bus);
 }
@@ -1153,13 +2353,9 @@ static int manager_setup_loop(Manager *m) {
                 log_debug("Watchdog enabled: pinging every %" PRIu64 " ms", m->watchdog_usec / 2000);
         }
 
-        int fd = fusefs_event_fd(m->fs);
-        if (fd >= 0) {
-                r = sd_event_add_io(m->event, &m->fuse_source, fd, EPOLLIN, on_fuse_event, m);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to watch the FUSE connection: %m");
-        } else
-                log_warning_errno(fd, "No FUSE connection event fd, an unmount from outside will go unnoticed: %m");
+        r = manager_watch_fuse(m);
+        if (r < 0)
+                return r;
 
         m->worker_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         m->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1170,6 +2366,13 @@ static int manager_setup_loop(Manager *m) {
                 r = sd_event_add_io(m->event, &m->stop_source, m->stop_efd, EPOLLIN, on_stop_done, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch an eventfd: %m");
+
+        r = health_queue_new(&m->health_queue);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up health checks: %m");
+        r = sd_event_add_io(m->event, &m->health_source, m->health_queue->efd, EPOLLIN, on_health_event, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch health checks: %m");
         return 0;
 }
 
@@ -1183,6 +2386,12 @@ int manager_run(Manager *m) {
         if (r < 0)
                 return 1;
 
+        /* Reconcile every origin with the catalog, in priority order. */
+        r = manager_queue_scans(m, NULL);
+        if (r < 0) {
+                log_error_errno(r, "Failed to queue the first scans: %m");
+                return 1;
+        }
         r = pthread_create(&m->worker, NULL, worker_main, m);
         if (r != 0) {
                 log_error_errno(r, "Failed to start the scan thread: %m");
@@ -1206,6 +2415,25 @@ void manager_free(Manager *m) {
                 pthread_join(m->stopper, NULL);
         manager_stop_worker(m);
         fusefs_stop(m->fs);
+        m->fs = NULL;
+
+        /* Health checks still running free themselves when they end; those that ended are ours. */
+        HealthCheck *done = NULL;
+        if (m->health_queue) {
+                pthread_mutex_lock(&m->health_queue->lock);
+                m->health_queue->closed = true;
+                done = TAKE_PTR(m->health_queue->done);
+                pthread_mutex_unlock(&m->health_queue->lock);
+        }
+        for (size_t i = 0; i < m->n_managed; i++)
+                if (m->managed[i]->check && !m->managed[i]->check->queued)
+                        health_check_detach(m->managed[i]->check);
+        while (done) {
+                HealthCheck *c = done;
+                done = c->next;
+                health_check_free(c);
+        }
+        health_queue_unref(m->health_queue);
 
         for (size_t i = 0; i < ELEMENTSOF(m->signal_sources); i++)
                 sd_event_source_disable_unref(m->signal_sources[i]);
@@ -1215,6 +2443,15 @@ void manager_free(Manager *m) {
         sd_event_source_disable_unref(m->stop_source);
         sd_event_source_disable_unref(m->stop_deadline_source);
         sd_event_source_disable_unref(m->reconnect_source);
+        sd_event_source_disable_unref(m->health_source);
+        sd_event_source_disable_unref(m->progress_source);
+        for (size_t i = 0; i < m->n_pending_removals; i++) {
+                sd_bus_message_unref(m->pending_removals[i].call);
+                free(m->pending_removals[i].name);
+        }
+        free(m->pending_removals);
+        /* Before the bus: it holds calls parked on the bus. */
+        polkit_registry_free(m->polkit);
         if (m->bus) {
                 (void) sd_bus_detach_event(m->bus);
                 sd_bus_flush_close_unref(m->bus);
@@ -1222,6 +2459,9 @@ void manager_free(Manager *m) {
         sd_event_unref(m->event);
 
         tree_store_free(m->trees);
+        for (size_t i = 0; i < m->n_managed; i++)
+                managed_origin_free(m->managed[i]);
+        free(m->managed);
         origin_set_free(m->origins);
         catalog_close(m->catalog);
         template_free(m->template);
@@ -1233,8 +2473,23 @@ void manager_free(Manager *m) {
         closep(&m->stop_efd);
         closep(&m->lock_fd);
         pthread_mutex_destroy(&m->lock);
+        pthread_mutex_destroy(&m->fs_lock);
         pthread_cond_destroy(&m->wake);
         free(m->status);
         free(m->bus_address);
+        free(m->mountpoint);
+        free(m->progress_origin);
+        free(m->emitted_origin);
+        free(m->counts);
+        free(m->scan_queue);
+        for (size_t i = 0; i < m->n_removals; i++)
+                free(m->removals[i].name);
+        free(m->removals);
+        for (size_t i = 0; i < m->n_removals_done; i++)
+                free(m->removals_done[i].name);
+        free(m->removals_done);
+        for (size_t i = 0; i < m->n_finished; i++)
+                free(m->finished[i].name);
+        free(m->finished);
         free(m);
 }

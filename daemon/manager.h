@@ -2,17 +2,23 @@
 #pragma once
 /* The manager: musicfsd's one context. It starts the subsystems in order (config, lock, catalog,
  * origins, tree, mount, bus), owns the sd-event loop that handles signals, the bus, sd_notify and the
- * watchdog, runs scans on a background worker thread and stops everything in order.
+ * watchdog, runs scans on a background worker thread and stops everything in order. Behind the bus
+ * (daemon/bus/) it mounts and unmounts, adds and removes origins, queues scans and checks origins'
+ * health at runtime.
  *
- * Threads: the loop thread owns everything sd-event and sd-bus. The worker thread scans and rebuilds
- * the tree; it tells the loop about progress only through atomics plus an eventfd. A stop runs on a
- * short-lived thread so that the loop stays responsive (a second signal exits at once). FUSE runs in
- * its own workers (fs.h). */
+ * Threads: the loop thread owns everything sd-event and sd-bus, and the ManagedOrigin records. The
+ * worker thread scans, drops removed origins from the catalog and rebuilds the tree; it tells the
+ * loop about progress only through the fields under `lock`, atomics and an eventfd. Health checks
+ * run on short-lived detached threads (origin_check() can hang on a dead filesystem) and hand their
+ * result back through a queue and an eventfd. A stop runs on a short-lived thread so that the loop
+ * stays responsive (a second signal exits at once). FUSE runs in its own workers (fs.h); origins
+ * are reference-counted, so one removed at runtime lives on while a reader holds it. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+
 
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
@@ -67,7 +73,62 @@ unsigned manager_config_diff(const Config *old, const Config *new);
 #define MANAGER_LOCK_FILE "musicfsd.lock"
 int manager_lock_cache_dir(const char *cache_dir, int *ret_fd, pid_t *ret_holder);
 
-typedef struct Manager {
+typedef struct Manager Manager;
+typedef struct HealthCheck HealthCheck;
+typedef struct HealthQueue HealthQueue;
+typedef struct PolkitRegistry PolkitRegistry;
+
+/* D11: an origin is healthy, degraded (failing, not yet past its threshold) or unhealthy. */
+typedef enum OriginHealthState {
+        ORIGIN_HEALTHY,
+        ORIGIN_DEGRADED,
+        ORIGIN_UNHEALTHY,
+        _ORIGIN_HEALTH_MAX,
+} OriginHealthState;
+const char *origin_health_state_to_string(OriginHealthState s);   /* MUSICFS_HEALTH_* */
+
+/* One configured origin as the loop sees it: the bus object /org/musicfs/Manager/origin/<name> and
+ * its health record. Loop thread only. */
+typedef struct ManagedOrigin {
+        Origin *origin;                 /* a reference of our own; the OriginSet holds another */
+        char *object_path;
+        char *url;                      /* for showing: secrets removed (manager_url_strip_secrets) */
+        OriginHealthState health;
+        unsigned consecutive_failures;
+        uint64_t last_latency_usec;
+        uint64_t last_check_usec;       /* CLOCK_REALTIME; 0 = never checked */
+        char *last_error;               /* NULL: none */
+        uint64_t track_count;           /* its files in the catalog, as of the last tree */
+        HealthCheck *check;             /* the check in flight, NULL when none */
+} ManagedOrigin;
+
+/* A RemoveOrigin call waiting for the worker to drop the origin's rows and publish the tree. */
+typedef struct PendingRemoval {
+        int64_t id;
+        char *name;
+        sd_bus_message *call;
+} PendingRemoval;
+
+/* What the worker hands the loop (under Manager.lock). */
+typedef struct ScanFinished {
+        int64_t origin_id;
+        char *name;
+        int result;                     /* 0, or the negative errno the scan failed with */
+        uint64_t added, changed, removed;
+} ScanFinished;
+
+typedef struct OriginCount {
+        int64_t origin_id;
+        uint64_t files;
+} OriginCount;
+
+typedef struct RemovalJob {
+        int64_t id;
+        char *name;
+        int result;                     /* set by the worker */
+} RemovalJob;
+
+struct Manager {
         ManagerArgs args;
         Config config;
 
@@ -76,11 +137,14 @@ typedef struct Manager {
         bool catalog_rebuilt;
         OriginSet *origins;
         TreeStore *trees;
-        FuseFs *fs;
+        FuseFs *fs;                     /* NULL while unmounted; the worker reads it under fs_lock */
+        char *mountpoint;               /* where fs is mounted; NULL while unmounted */
+        pthread_mutex_t fs_lock;
 
         sd_event *event;
         sd_bus *bus;
         char *bus_address;              /* to reconnect to after the bus went away */
+        PolkitRegistry *polkit;
         sd_event_source *signal_sources[3];
         sd_event_source *watchdog_source;
         sd_event_source *fuse_source;
@@ -88,6 +152,8 @@ typedef struct Manager {
         sd_event_source *stop_source;
         sd_event_source *stop_deadline_source;
         sd_event_source *reconnect_source;
+        sd_event_source *health_source;
+        sd_event_source *progress_source;       /* the deferred ScanProgress emission */
         uint64_t watchdog_usec;
 
         /* Bus-visible state; changed only on the loop thread. */
@@ -98,28 +164,56 @@ typedef struct Manager {
         bool ready_sent;
         bool stopping;
         int exit_code;
+        ManagedOrigin **managed;        /* priority order, then name, like the OriginSet */
+        size_t n_managed;
+        PendingRemoval *pending_removals;
+        size_t n_pending_removals;
+        HealthQueue *health_queue;
+        /* ScanProgress: what the getter shows, and what was last announced (at most ~4×/s). */
+        char *progress_origin;          /* NULL: idle */
+        uint64_t progress_files, progress_known;
+        char *emitted_origin;
+        uint64_t emitted_files, emitted_known;
+        uint64_t progress_emitted_usec;
 
         /* The worker. `lock` guards the request fields; the atomics are what it publishes. */
         pthread_t worker;
         bool worker_started;
         pthread_mutex_t lock;
         pthread_cond_t wake;
-        atomic_bool cancel;
+        atomic_bool cancel;             /* the daemon stops: the worker exits */
+        atomic_bool scan_cancel;        /* the scan in progress stops (set with cancel, or its origin went) */
         int worker_efd;
         Template *template;             /* the worker's after startup */
         Template *pending_template;     /* under lock: a reload's template, picked up by the worker */
         bool rebuild_requested;         /* under lock */
         bool first_scan;                /* the catalog had nothing: publish while scanning */
+        int64_t *scan_queue;            /* under lock: origin ids to scan, in order */
+        size_t n_scan_queue;
+        int64_t scanning_id;            /* under lock: the origin being scanned, 0 when none */
+        uint64_t scanning_known;        /* under lock: its files in the catalog before the scan */
+        uint64_t scans_begun;           /* under lock: scans started so far, and the last one's origin */
+        int64_t last_begun_id;
+        uint64_t last_begun_known;
+        uint64_t scans_announced;       /* loop: scans_begun as of the last ScanProgress update */
+        RemovalJob *removals;           /* under lock: origins whose rows the worker must drop */
+        size_t n_removals;
+        RemovalJob *removals_done;      /* under lock: dropped, for the loop to answer */
+        size_t n_removals_done;
+        ScanFinished *finished;         /* under lock: scans that ended, for ScanFinished */
+        size_t n_finished;
+        OriginCount *counts;            /* under lock: files per origin in the last published tree */
+        size_t n_counts;
+        bool counts_changed;            /* under lock */
         atomic_uint scan_batch;
         atomic_uint_fast64_t published_tracks;
         atomic_uint_fast64_t scan_files;        /* files seen so far in the origin being scanned */
-        atomic_int scan_origin;                 /* index in origins, -1 when not scanning */
 
         /* The stop thread. */
         pthread_t stopper;
         bool stopper_started;
         int stop_efd;
-} Manager;
+};
 
 /* Steps 1-5 of the startup: config, lock, catalog, origins, tree, mount. On failure logs one line,
  * undoes what was done and returns a negative errno. Takes the args (resets *args). */
@@ -130,3 +224,40 @@ void manager_free(Manager *m);
 
 /* Loop thread only. */
 void manager_set_state(Manager *m, const char *state);
+
+/* The runtime management API behind the bus (loop thread only). Each returns 0 or a negative errno
+ * and leaves the D-Bus wording to daemon/bus/. */
+
+ManagedOrigin *manager_find_origin(Manager *m, const char *name);      /* NULL when unknown */
+
+/* Mounts at mountpoint (NULL or "": the configured one). -EBUSY: mounted already, or a live FUSE
+ * filesystem is there; -ENOENT/-ENOTDIR/-ENOTEMPTY/-ENOTCONN: the mountpoint cannot take it. */
+int manager_mount(Manager *m, const char *mountpoint);
+/* -ENOTCONN: not mounted; -EBUSY: files are open (and !force). force detaches lazily and aborts the
+ * connection, so open files fail from then on. The daemon keeps running unmounted. */
+int manager_unmount(Manager *m, bool force);
+
+/* A local origin at an absolute directory, scanned at once. -EEXIST: the name is taken; -EBUSY: an
+ * origin of that name is still being removed; -ENOENT/-ENOTDIR/-EACCES...: the directory. */
+int manager_add_origin(Manager *m, const char *name, const char *dir, unsigned priority, ManagedOrigin **ret);
+/* Takes the origin out at once (readers stop finding it; readers that hold it finish), then has the
+ * worker drop its rows and publish the tree; call (referenced) is answered through
+ * bus_manager_reply_remove_origin() when that is done. -ENXIO: unknown. */
+int manager_remove_origin(Manager *m, const char *name, sd_bus_message *call);
+/* Runs origin_check() off the loop, under a timeout. 0: call (referenced) is answered through
+ * bus_manager_reply_check_origin() when the check ends; 1: a check of this origin hangs past its
+ * timeout, answer now with the current state. */
+int manager_check_origin(Manager *m, ManagedOrigin *mo, sd_bus_message *call);
+/* Queues a scan of one origin (NULL or "": all). -ENXIO: unknown. */
+int manager_rescan(Manager *m, const char *name);
+/* Re-reads the configuration like SIGHUP. -EINVAL/-ENOENT with "FILE:LINE: reason" in *ret_error;
+ * the running configuration is kept then. */
+int manager_reload(Manager *m, char **ret_error);
+
+/* The URL without its secrets: the password of the userinfo ("user:pw@" -> "user@") and query
+ * parameters that carry credentials (X-Amz-Signature, token, password, ...). A plain path is kept. */
+int manager_url_strip_secrets(const char *url, char **ret);
+
+/* A D-Bus address without its guid= keys, to reconnect to a bus daemon that was restarted (and so
+ * has another guid) at the same place. */
+int manager_address_strip_guid(const char *address, char **ret);

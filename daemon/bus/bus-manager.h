@@ -1,19 +1,28 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
-/* The /org/musicfs/Manager object: properties and methods of org.musicfs.Manager, as documented in
- * introspection/org.musicfs.Manager.xml. D-Bus errors are made here and nowhere else. Everything
- * runs on the event loop's thread. */
+/* The /org/musicfs/Manager object: properties, methods and signals of org.musicfs.Manager, as
+ * documented in introspection/org.musicfs.Manager.xml, and the org.freedesktop.DBus.ObjectManager
+ * that announces the origin objects (bus-origin.h). D-Bus errors are made here and in bus-origin.c
+ * and nowhere else. Everything runs on the event loop's thread. */
+#include <stdint.h>
+
 #include <systemd/sd-bus.h>
 
 #include "manager.h"
 
 extern const sd_bus_vtable manager_vtable[];
 
-/* The authorisation seam for privileged methods. For now: uid 0 is allowed, everyone else gets
- * AccessDenied. The management-API issue replaces the body with an asynchronous polkit check (action
- * id from bus-api.h) and may then return 0 = "pending, the method will be called again".
- * Returns 1 when allowed, a negative errno with *error set when not. */
-int bus_manager_check_privileged(Manager *m, sd_bus_message *message, const char *action, sd_bus_error *error);
+/* Puts the Manager, its object manager and the origin objects on a (new) connection. */
+int bus_manager_attach(Manager *m, sd_bus *bus);
 
-/* PropertiesChanged for one property of the Manager; a no-op while off the bus. */
+/* PropertiesChanged for one property of the Manager, or for several (NULL-terminated); no-ops while
+ * off the bus. */
 void bus_manager_emit_changed(Manager *m, const char *property);
+void bus_manager_emit_changed_strv(Manager *m, char **properties);
+void bus_manager_emit_scan_finished(Manager *m, const char *origin, uint64_t added, uint64_t changed, uint64_t removed);
+void bus_manager_emit_origin_health_changed(Manager *m, const char *name, const char *from, const char *to);
+
+/* The answers to calls the manager parked (manager_remove_origin(), manager_check_origin()).
+ * r: 0 or a negative errno; mo NULL when the origin went away meanwhile. */
+void bus_manager_reply_remove_origin(Manager *m, sd_bus_message *call, const char *name, int r);
+void bus_manager_reply_check_origin(Manager *m, sd_bus_message *call, const char *name, const ManagedOrigin *mo);

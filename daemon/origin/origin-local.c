@@ -189,6 +189,15 @@ static int local_check(Origin *o) {
         /* Our fd keeps a removed directory alive; without a link it serves nothing new. */
         if (st.st_nlink == 0)
                 return -ENOENT;
+        /* Nor does a directory moved away from its configured path (renamed, or another mounted
+         * over it): the fd would follow it, but the origin is what lives at the path. A path we may
+         * not search (the fd was opened with more privileges) proves nothing either way. */
+        struct stat path_st;
+        if (stat(o->url, &path_st) < 0) {
+                if (errno == ENOENT || errno == ENOTDIR)
+                        return negative_errno();
+        } else if (path_st.st_dev != st.st_dev || path_st.st_ino != st.st_ino)
+                return -ESTALE;
 
         /* A dead disk or a stale network mount often still answers fstat from cached attributes;
          * listing the directory makes it go to the device. */

@@ -111,9 +111,26 @@ int origin_check(Origin *o) {
         return o->ops->check(o);
 }
 
-void origin_free(Origin *o) {
+Origin *origin_ref(Origin *o) {
+        if (o)
+                atomic_fetch_add_explicit(&o->n_ref, 1, memory_order_relaxed);
+        return o;
+}
+
+void origin_unref(Origin *o) {
         if (!o)
                 return;
+
+        /* n_ref counts the references beyond the first, so 0 means ours is the last. */
+        unsigned n = atomic_load_explicit(&o->n_ref, memory_order_acquire);
+        do {
+                if (n == 0)
+                        break;
+        } while (!atomic_compare_exchange_weak_explicit(&o->n_ref, &n, n - 1, memory_order_acq_rel,
+                                                        memory_order_acquire));
+        if (n > 0)
+                return;
+
         free(o->name);
         o->name = NULL;
         free(o->url);
@@ -121,8 +138,13 @@ void origin_free(Origin *o) {
         o->ops->free(o);
 }
 
-/* Sorted by (priority, name). Readers take the lock shared; add takes it exclusive, so a reader
- * never sees the array mid-insert or mid-realloc. Origins are only freed with the set. */
+void origin_free(Origin *o) {
+        origin_unref(o);
+}
+
+/* Sorted by (priority, name). Readers take the lock shared; add and remove take it exclusive, so a
+ * reader never sees the array mid-insert or mid-realloc. The set holds one reference to each origin;
+ * a removed origin lives on while a reader holds a reference of its own. */
 struct OriginSet {
         pthread_rwlock_t lock;
         Origin **origins;
@@ -210,7 +232,7 @@ finish:
         return r;
 }
 
-Origin *origin_set_get(OriginSet *s, int64_t id) {
+static Origin *origin_set_find(OriginSet *s, int64_t id, bool take_ref) {
         if (!s)
                 return NULL;
 
@@ -221,8 +243,40 @@ Origin *origin_set_get(OriginSet *s, int64_t id) {
                         found = s->origins[i];
                         break;
                 }
+        /* Under the lock: a remove cannot drop the set's reference in between. */
+        if (take_ref)
+                origin_ref(found);
         pthread_rwlock_unlock(&s->lock);
         return found;
+}
+
+Origin *origin_set_get(OriginSet *s, int64_t id) {
+        return origin_set_find(s, id, false);
+}
+
+Origin *origin_set_get_ref(OriginSet *s, int64_t id) {
+        return origin_set_find(s, id, true);
+}
+
+int origin_set_remove(OriginSet *s, int64_t id) {
+        if (!s)
+                return -EINVAL;
+
+        Origin *found = NULL;
+        pthread_rwlock_wrlock(&s->lock);
+        for (size_t i = 0; i < s->n_origins; i++)
+                if (s->origins[i]->id == id) {
+                        found = s->origins[i];
+                        memmove(s->origins + i, s->origins + i + 1, (s->n_origins - i - 1) * sizeof *s->origins);
+                        s->n_origins--;
+                        break;
+                }
+        pthread_rwlock_unlock(&s->lock);
+
+        if (!found)
+                return -ENOENT;
+        origin_unref(found);
+        return 0;
 }
 
 size_t origin_set_size(OriginSet *s) {
@@ -235,12 +289,22 @@ size_t origin_set_size(OriginSet *s) {
         return n;
 }
 
-Origin *origin_set_at(OriginSet *s, size_t i) {
+static Origin *origin_set_index(OriginSet *s, size_t i, bool take_ref) {
         if (!s)
                 return NULL;
 
         pthread_rwlock_rdlock(&s->lock);
         Origin *o = i < s->n_origins ? s->origins[i] : NULL;
+        if (take_ref)
+                origin_ref(o);
         pthread_rwlock_unlock(&s->lock);
         return o;
+}
+
+Origin *origin_set_at(OriginSet *s, size_t i) {
+        return origin_set_index(s, i, false);
+}
+
+Origin *origin_set_at_ref(OriginSet *s, size_t i) {
+        return origin_set_index(s, i, true);
 }

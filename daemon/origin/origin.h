@@ -5,6 +5,7 @@
  * failpoints. Local origins only in this issue; s3/sftp plug in as new OriginOps later.
  *
  * OriginSet holds the configured origins by catalog id, ordered by priority. */
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -47,6 +48,9 @@ struct Origin {
         char *url;              /* local: the absolute directory; never holds secrets */
         unsigned priority;      /* lower is preferred */
         int64_t id;             /* catalog origins.id, set by the manager */
+        /* References beyond the first (the creator's, handed to the OriginSet): 0 when the first is
+         * the only one, so an implementation's zero-initialised struct starts right. */
+        atomic_uint n_ref;
 };
 
 int origin_local_new(const char *name, const char *dir, unsigned priority, Origin **ret);
@@ -67,7 +71,13 @@ int origin_walk(Origin *o, origin_walk_fn fn, void *userdata);
 /* The same, calling skipped (may be NULL) for each entry that a positive return counts. */
 int origin_walk_full(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata);
 int origin_check(Origin *o);    /* the health probe through the vtable: 0 healthy */
+/* Drops a reference; the last one frees. origin_free() drops the creator's (the first) reference,
+ * so a caller that never took another one frees at once, as before references existed. */
 void origin_free(Origin *o);
+/* Another reference, for a thread that uses the origin while the loop may remove it from the set
+ * (FUSE readers, scans, health checks). NULL is fine. (Added by the management API, I3-A.) */
+Origin *origin_ref(Origin *o);
+void origin_unref(Origin *o);   /* the same as origin_free(); NULL is fine */
 
 typedef struct OriginSet OriginSet;
 int origin_set_new(OriginSet **ret);
@@ -75,6 +85,15 @@ void origin_set_free(OriginSet *s);     /* frees the origins too */
 /* Takes ownership on success; on an error (-EEXIST on a duplicate name) the caller still owns o.
  * Safe while other threads read the set. */
 int origin_set_add(OriginSet *s, Origin *o);
+/* Borrowed pointers: valid only as long as nobody removes the origin, i.e. on the thread that removes
+ * origins (the manager's loop) or with the set in no other thread's hands. */
 Origin *origin_set_get(OriginSet *s, int64_t id);      /* NULL when unknown */
 size_t origin_set_size(OriginSet *s);
 Origin *origin_set_at(OriginSet *s, size_t i);         /* priority order, then name; NULL past the end */
+/* The same with a reference for the caller (origin_unref() it), safe against a concurrent remove. */
+Origin *origin_set_get_ref(OriginSet *s, int64_t id);
+Origin *origin_set_at_ref(OriginSet *s, size_t i);
+/* Takes the origin out of the set and drops the set's reference: lookups stop finding it at once,
+ * and it is freed when the last thread that holds a reference drops it. -ENOENT when unknown.
+ * Safe while other threads read the set. */
+int origin_set_remove(OriginSet *s, int64_t id);

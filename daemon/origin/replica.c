@@ -27,7 +27,7 @@ typedef struct ReplicaSource {
 
 typedef struct ReplicaHandle {
         OriginFile *file;
-        Origin *origin;
+        Origin *origin;         /* a reference */
         size_t index;           /* into ReplicaReader.sources */
         atomic_uint n_ref;
 } ReplicaHandle;
@@ -56,26 +56,32 @@ static void handle_unref(ReplicaHandle *h) {
         if (atomic_fetch_sub_explicit(&h->n_ref, 1, memory_order_acq_rel) != 1)
                 return;
         origin_close(h->file);
+        origin_unref(h->origin);
         free(h);
 }
 
 static int reader_open_one(ReplicaReader *r, size_t i, ReplicaHandle **ret) {
         const ReplicaSource *src = &r->sources[i];
 
-        Origin *o = origin_set_get(r->origins, src->origin_id);
+        /* Our own reference: the origin may be removed at runtime while this handle reads from it. */
+        Origin *o = origin_set_get_ref(r->origins, src->origin_id);
         if (!o) {
                 log_debug("Replica %s on unknown origin %" PRIi64 " skipped", src->rel_path, src->origin_id);
                 return -ENODEV;
         }
 
         ReplicaHandle *h = calloc(1, sizeof *h);
-        if (!h)
+        if (!h) {
+                origin_unref(o);
                 return -ENOMEM;
+        }
 
         int k = origin_open(o, src->rel_path, &h->file);
         if (k < 0) {
+                log_debug_errno(k, "Failed to open %s on origin %s: %m", src->rel_path, o->name);
+                origin_unref(o);
                 free(h);
-                return log_debug_errno(k, "Failed to open %s on origin %s: %m", src->rel_path, o->name);
+                return k;
         }
 
         h->origin = o;

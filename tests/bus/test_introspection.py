@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The D-Bus contract (DESIGN.md D13): the running daemon's org.musicfs.Manager interface, as
-`busctl --xml-interface introspect` shows it, equals introspection/org.musicfs.Manager.xml, every
-member there is documented, and every method and property behaves as documented over a private
-system bus: values, PropertiesChanged, the failpoint methods' happy and error paths, the privilege
-seam and MUSICFS_FAILPOINTS."""
+"""The D-Bus contract (DESIGN.md D13): the running daemon's org.musicfs.Manager interface and the
+org.musicfs.Origin interface of a live origin object, as `busctl --xml-interface introspect` shows
+them, equal introspection/org.musicfs.Manager.xml and org.musicfs.Origin.xml, every member there is
+documented, and the basics behave as documented over a private system bus: values,
+PropertiesChanged, the failpoint methods' happy and error paths, the privilege seam and
+MUSICFS_FAILPOINTS. (tests/bus/test_manager_api.py and test_origins.py cover the rest.)"""
 
 import errno
 import os
@@ -25,7 +26,11 @@ import genlib  # noqa: E402
 from gi.repository import GLib  # noqa: E402
 
 XML_PATH = os.path.join(harness.SOURCE_ROOT, 'introspection', 'org.musicfs.Manager.xml')
+ORIGIN_XML_PATH = os.path.join(harness.SOURCE_ROOT, 'introspection', 'org.musicfs.Origin.xml')
 IFACE = harness.MANAGER_IFACE
+ORIGIN_IFACE = 'org.musicfs.Origin'
+PROPERTIES = {'Version', 'State', 'Passthrough', 'MountPoint', 'TrackCount', 'CacheBytes', 'CacheBudget',
+              'ScanProgress', 'Origins'}
 FAILPOINTS_BUILT = os.environ.get('MUSICFS_FAILPOINTS_BUILT', '1') == '1'
 ERR = 'org.musicfs.Error.'
 
@@ -106,10 +111,10 @@ def undocumented_members(xml_text, name):
     return missing
 
 
-def introspect_with_busctl(bus_address):
+def introspect_with_busctl(bus_address, path=harness.MANAGER_PATH):
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus_address)
     r = subprocess.run(['busctl', '--system', '--xml-interface', 'introspect', harness.BUS_NAME,
-                        harness.MANAGER_PATH], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        path], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True, timeout=30)
     if r.returncode != 0:
         raise AssertionError('busctl introspect failed (%d): %s' % (r.returncode, r.stderr))
@@ -166,6 +171,8 @@ class IntrospectionTest(harness.MusicfsTestCase):
         cls.origin = make_origin(os.path.join(cls.workdir, 'origin'))
         with open(XML_PATH, encoding='utf-8') as f:
             cls.xml = f.read()
+        with open(ORIGIN_XML_PATH, encoding='utf-8') as f:
+            cls.origin_xml = f.read()
 
     @classmethod
     def tearDownClass(cls):
@@ -190,6 +197,10 @@ class IntrospectionTest(harness.MusicfsTestCase):
 
     def test_xml_is_documented(self):
         self.assertEqual(undocumented_members(self.xml, IFACE), [])
+        self.assertEqual(undocumented_members(self.origin_xml, ORIGIN_IFACE), [])
+        # The check itself must be able to fail: a member without its comment is seen.
+        stripped = self.origin_xml.replace('Priority:', 'Priority is:')
+        self.assertEqual(undocumented_members(stripped, ORIGIN_IFACE), ['Priority'])
 
     def test_running_interface_matches_xml(self):
         d = self.start()
@@ -199,12 +210,25 @@ class IntrospectionTest(harness.MusicfsTestCase):
         # The comparison itself must be able to fail: a changed type is seen.
         self.assertNotEqual(model_diff(want, interface_model(self.xml.replace('type="t"', 'type="u"'), IFACE)), [])
 
+    def test_running_origin_interface_matches_xml(self):
+        d = self.start()
+        origins = [str(p) for p in d.bus_get('Origins')]
+        self.assertEqual(len(origins), 1)
+        want = interface_model(self.origin_xml, ORIGIN_IFACE)
+        text = introspect_with_busctl(d.bus_address, origins[0])
+        self.assertEqual(model_diff(want, interface_model(text, ORIGIN_IFACE)), [])
+        self.assertNotEqual(model_diff(want, interface_model(self.origin_xml.replace('"const"', '"true"'),
+                                                             ORIGIN_IFACE)), [])
+        # The Manager's object also is the ObjectManager of the origins.
+        manager = ET.fromstring(introspect_with_busctl(d.bus_address))
+        self.assertIn('org.freedesktop.DBus.ObjectManager', [i.get('name') for i in manager.findall('interface')])
+
     # -- properties
 
     def test_properties(self):
         d = self.start()
         props = d.bus_get_all()
-        self.assertEqual(set(props), {'Version', 'State', 'MountPoint', 'TrackCount'})
+        self.assertEqual(set(props), PROPERTIES)
         out = subprocess.run([harness.DAEMON, '--version'], stdout=subprocess.PIPE, text=True, check=True).stdout
         self.assertEqual(str(props['Version']), out.split()[1])
         self.assertRegex(str(props['Version']), r'^\d+\.\d+\.\d+')

@@ -231,9 +231,11 @@ def stat_errno(path):
 
 
 def listdir_errno(path):
-    """0 if listing path works, else its errno. Unlike stat(), which the kernel may answer from its
-    attribute cache, opening a directory always asks the daemon: a dead mount answers ENOTCONN."""
+    """0 if the filesystem at path answers and lists it, else the errno. stat() and even a listing
+    may be answered from the kernel's caches (attributes, and listings, which the daemon lets the
+    kernel keep), but statfs always asks the daemon: a dead mount answers ENOTCONN."""
     try:
+        os.statvfs(path)
         os.listdir(path)
         return 0
     except OSError as e:

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The manager's pure parts: the configuration layering (defaults <- file <- flags) with its one-line
- * errors, the reload diff (hot and cold keys) and the cache-directory lock with the holder's PID.
+ * errors, the reload diff (hot and cold keys), the cache-directory lock with the holder's PID, the
+ * URL secret stripping the origin objects show, and the origin lifetime the runtime RemoveOrigin
+ * relies on (origin_set_remove() with readers holding references).
  * The daemon as a whole is tested through the bus and signals (tests/bus, tests/resilience). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +23,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "bus-api.h"
 #include "log.h"
 #include "manager.h"
 
@@ -299,6 +304,183 @@ static void test_lock(void **state) {
         assert_int_equal(manager_lock_cache_dir(path, &fd, &holder), -ENOENT);
 }
 
+static void test_url_strip_secrets(void **state) {
+        static const struct {
+                const char *in, *out;
+        } cases[] = {
+                /* Plain paths and file URLs have nothing to hide. */
+                { "/srv/music", "/srv/music" },
+                { "/srv/with:colon@at?x=password", "/srv/with:colon@at?x=password" },
+                { "file:///srv/music", "file:///srv/music" },
+                { "", "" },
+                { "relative/dir", "relative/dir" },
+                /* The password of the userinfo goes, the user stays. */
+                { "sftp://me:hunter2@nas.local/music", "sftp://me@nas.local/music" },
+                { "sftp://me:hunter2@nas.local:2222/music", "sftp://me@nas.local:2222/music" },
+                { "sftp://me@nas.local/music", "sftp://me@nas.local/music" },
+                { "sftp://:hunter2@nas/x", "sftp://nas/x" },
+                { "sftp://me:@nas/x", "sftp://me@nas/x" },
+                { "s3://AKIAXXXX:hunter2@bucket", "s3://AKIAXXXX@bucket" },
+                /* The last '@' of the authority ends the userinfo; one in the path is not userinfo. */
+                { "sftp://me:p@ss@nas/x", "sftp://me@nas/x" },
+                { "sftp://nas/a:b@c", "sftp://nas/a:b@c" },
+                /* Credentials in the query go, whatever their case or escaping; the rest stays in order. */
+                { "s3://bucket/prefix?region=eu-west-1&secret_key=hunter2&endpoint=http://127.0.0.1:9000",
+                  "s3://bucket/prefix?region=eu-west-1&endpoint=http://127.0.0.1:9000" },
+                { "https://h/x?X-Amz-Credential=AK%2F2024&X-Amz-Signature=abc&X-Amz-Date=1",
+                  "https://h/x?X-Amz-Date=1" },
+                { "https://h/x?x%2Damz%2Dsecurity%2Dtoken=t&a=1", "https://h/x?a=1" },
+                { "s3://b?token=1&password=2&PASS=3&apikey=4", "s3://b" },
+                { "s3://b?a=1&&b=2", "s3://b?a=1&b=2" },
+                { "s3://b?keyring=ok&key", "s3://b?keyring=ok" },
+                { "s3://u:p@b/p?sig=zz#frag", "s3://u@b/p#frag" },
+                { "s3://b?", "s3://b" },
+                { "s3://b#only=fragment", "s3://b#only=fragment" },
+                /* Something that only looks like a scheme is not one. */
+                { "1s3://u:p@b", "1s3://u:p@b" },
+                { "://u:p@b", "://u:p@b" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                char *out = NULL;
+                assert_int_equal(manager_url_strip_secrets(cases[i].in, &out), 0);
+                if (strcmp(out, cases[i].out) != 0)
+                        fail_msg("strip(\"%s\") = \"%s\", want \"%s\"", cases[i].in, out, cases[i].out);
+                assert_null(strstr(out, "hunter2"));
+                free(out);
+        }
+        assert_int_equal(manager_url_strip_secrets(NULL, &(char *) { NULL }), -EINVAL);
+}
+
+static void test_address_strip_guid(void **state) {
+        static const struct {
+                const char *in, *out;
+        } cases[] = {
+                { "unix:path=/run/dbus/system_bus_socket", "unix:path=/run/dbus/system_bus_socket" },
+                { "unix:path=/tmp/bus,guid=0123abcd", "unix:path=/tmp/bus" },
+                { "unix:guid=0123abcd,path=/tmp/bus", "unix:path=/tmp/bus" },
+                { "unix:abstract=/tmp/x,guid=1,foo=bar", "unix:abstract=/tmp/x,foo=bar" },
+                { "unix:path=/a,guid=1;tcp:host=localhost,port=1,guid=2", "unix:path=/a;tcp:host=localhost,port=1" },
+                { "unix:path=/a/guid=1", "unix:path=/a/guid=1" },
+                { "", "" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                char *out = NULL;
+                assert_int_equal(manager_address_strip_guid(cases[i].in, &out), 0);
+                if (strcmp(out, cases[i].out) != 0)
+                        fail_msg("strip_guid(\"%s\") = \"%s\", want \"%s\"", cases[i].in, out, cases[i].out);
+                free(out);
+        }
+}
+
+static void test_health_names(void **state) {
+        assert_string_equal(origin_health_state_to_string(ORIGIN_HEALTHY), MUSICFS_HEALTH_HEALTHY);
+        assert_string_equal(origin_health_state_to_string(ORIGIN_DEGRADED), MUSICFS_HEALTH_DEGRADED);
+        assert_string_equal(origin_health_state_to_string(ORIGIN_UNHEALTHY), MUSICFS_HEALTH_UNHEALTHY);
+        assert_string_equal(origin_health_state_to_string(_ORIGIN_HEALTH_MAX), "unknown");
+}
+
+static Origin *new_origin(const char *name, const char *dir, unsigned priority, int64_t id) {
+        Origin *o = NULL;
+        assert_int_equal(origin_local_new(name, dir, priority, &o), 0);
+        o->id = id;
+        return o;
+}
+
+/* A reader that holds a reference keeps a removed origin usable; the last reference frees it
+ * (under the sanitizers, a use after free or a leak here fails the test). */
+static void test_origin_set_remove(void **state) {
+        Fixture *f = *state;
+        OriginSet *set = NULL;
+        char path[192];
+
+        snprintf(path, sizeof path, "%s/song.flac", f->music);
+        write_file(path, "0123456789");
+
+        assert_int_equal(origin_set_new(&set), 0);
+        assert_int_equal(origin_set_add(set, new_origin("music", f->music, 10, 1)), 0);
+        assert_int_equal(origin_set_add(set, new_origin("other", f->other, 5, 2)), 0);
+        assert_int_equal(origin_set_remove(set, 99), -ENOENT);
+
+        Origin *held = origin_set_get_ref(set, 1);
+        assert_non_null(held);
+        OriginFile *file = NULL;
+        assert_int_equal(origin_open(held, "song.flac", &file), 0);
+
+        assert_int_equal(origin_set_remove(set, 1), 0);
+        assert_null(origin_set_get(set, 1));
+        assert_null(origin_set_get_ref(set, 1));
+        assert_int_equal(origin_set_size(set), 1);
+        assert_string_equal(origin_set_at(set, 0)->name, "other");
+        assert_null(origin_set_at_ref(set, 1));
+        assert_int_equal(origin_set_remove(set, 1), -ENOENT);
+
+        /* Still whole for the reader that has it. */
+        char buf[16] = {};
+        assert_int_equal(origin_pread_full(file, buf, sizeof buf, 0), 10);
+        assert_memory_equal(buf, "0123456789", 10);
+        assert_string_equal(held->name, "music");
+        assert_int_equal(origin_check(held), 0);
+        origin_close(file);
+        origin_unref(held);
+
+        /* A name freed by a removal can be added again. */
+        assert_int_equal(origin_set_add(set, new_origin("music", f->music, 10, 3)), 0);
+        assert_int_equal(origin_set_size(set), 2);
+        Origin *again = origin_set_at_ref(set, 1);
+        assert_string_equal(again->name, "music");
+        origin_unref(again);
+
+        /* origin_free() of an origin nobody else holds frees at once, as before references. */
+        Origin *lone = new_origin("lone", f->other, 1, 4);
+        origin_free(lone);
+        origin_set_free(set);
+}
+
+typedef struct Reader {
+        OriginSet *set;
+        atomic_bool stop;
+        unsigned found;
+} Reader;
+
+static void *reader_main(void *userdata) {
+        Reader *r = userdata;
+        while (!atomic_load(&r->stop))
+                for (int64_t id = 1; id <= 2; id++) {
+                        Origin *o = origin_set_get_ref(r->set, id);
+                        if (!o)
+                                continue;
+                        /* Use it after the lookup, as a FUSE read does. */
+                        if (origin_check(o) == 0 && o->name[0])
+                                r->found++;
+                        origin_unref(o);
+                }
+        return NULL;
+}
+
+/* Readers looking origins up while the loop removes and adds them: no reader sees a freed origin. */
+static void test_origin_set_concurrent_remove(void **state) {
+        Fixture *f = *state;
+        Reader r = {};
+        pthread_t threads[3];
+
+        assert_int_equal(origin_set_new(&r.set), 0);
+        assert_int_equal(origin_set_add(r.set, new_origin("other", f->other, 5, 2)), 0);
+        for (size_t i = 0; i < ELEMENTSOF(threads); i++)
+                assert_int_equal(pthread_create(&threads[i], NULL, reader_main, &r), 0);
+        for (unsigned i = 0; i < 2000; i++) {
+                assert_int_equal(origin_set_add(r.set, new_origin("music", f->music, 10, 1)), 0);
+                assert_int_equal(origin_set_remove(r.set, 1), 0);
+        }
+        atomic_store(&r.stop, true);
+        for (size_t i = 0; i < ELEMENTSOF(threads); i++)
+                pthread_join(threads[i], NULL);
+        assert_true(r.found > 0);
+        assert_int_equal(origin_set_size(r.set), 1);
+        origin_set_free(r.set);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_flags_without_file, setup, teardown),
@@ -306,6 +488,11 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_config_diff, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+                cmocka_unit_test(test_url_strip_secrets),
+                cmocka_unit_test(test_address_strip_guid),
+                cmocka_unit_test(test_health_names),
+                cmocka_unit_test_setup_teardown(test_origin_set_remove, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_origin_set_concurrent_remove, setup, teardown),
         };
         log_set_max_level(LOG_CRIT);
         return cmocka_run_group_tests(tests, NULL, NULL);
