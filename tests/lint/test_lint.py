@@ -200,6 +200,18 @@ class UnitsVerify(unittest.TestCase):
                 with open(u, encoding="utf-8") as f:
                     self.assertIsNone(forbidden.search(f.read()), u)
 
+    def test_system_unit_limits_and_crash_cleanup(self):
+        # Original design 5.8 (resource limits), 2.7/3.7 (a killed daemon's mount is detached),
+        # 3.1 (watchdog), 2.10 (notify).
+        unit = next(u for u in SYSTEM_UNITS if u.endswith("musicfsd.service"))
+        with open(unit, encoding="utf-8") as f:
+            text = f.read()
+        for line in ("Type=notify", "WatchdogSec=30s", "Restart=on-failure", "LimitNOFILE=65536",
+                     "MemoryHigh=2G", "MemoryMax=4G", "TasksMax=4096", "OOMScoreAdjust=200",
+                     "IOSchedulingClass=best-effort", "IOSchedulingPriority=4",
+                     "ExecStopPost=-/usr/bin/fusermount3 -u -z ${MUSICFS_MOUNTPOINT}"):
+            self.assertRegex(text, r"(?m)^" + re.escape(line) + r"$", f"{unit}: missing {line}")
+
     def test_user_unit_keeps_setuid_fusermount_usable(self):
         # Without root, libfuse mounts through the setuid fusermount3: NoNewPrivileges= would break it.
         for u in USER_UNITS:
