@@ -1239,6 +1239,9 @@ static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
                 worker_notify(m);
 
                 r = scan_origin(m->catalog, o, atomic_load(&m->scan_batch), &hooks, &st);
+                /* The scan held the origin's catalog rows in a table (~50 MB at 100k tracks): hand
+                 * that heap back rather than carry it until the next scan. */
+                (void) malloc_trim(0);
                 uint64_t changes = st.added + st.changed + st.removed;
                 if (r == -ECANCELED)
                         log_info("Scan of origin %s cancelled after %" PRIu64 " files", o->name, st.seen);

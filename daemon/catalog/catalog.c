@@ -73,7 +73,9 @@ static const char *const catalog_migrations[] = {
 
 #define CATALOG_SCHEMA_VERSION ((int) ELEMENTSOF(catalog_migrations))
 #define CATALOG_BUSY_TIMEOUT_MS 5000
-#define CATALOG_CACHE_KIB 32768         /* page cache: the whole catalog of a 100k-track library */
+/* Page cache. The catalog is off the FUSE path (the tree serves every request) and is read whole
+ * only at startup and scans, where a bigger cache saves little and costs resident memory. */
+#define CATALOG_CACHE_KIB 8192
 
 /* Every statement the catalog runs more than once, prepared on first use and kept for the life of
  * the connection. */
