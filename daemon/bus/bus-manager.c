@@ -74,6 +74,16 @@ static int refuse_while_stopping(Manager *m, sd_bus_error *error) {
         return sd_bus_error_set(error, MUSICFS_ERROR_BUSY, "musicfsd is stopping.");
 }
 
+/* The prologue of every state change: polkit first (which may park the call and dispatch it again
+ * once it answers: 0), then no changes while stopping. 1 means go ahead. */
+static int authorize_change(Manager *m, sd_bus_message *message, const char *action, sd_bus_error *error) {
+        int r = polkit_verify(m->polkit, message, action, error);
+        if (r <= 0)
+                return r;
+        r = refuse_while_stopping(m, error);
+        return r < 0 ? r : 1;
+}
+
 /* The a{sv} options of a method. Each method lists the keys it knows with their types; none knows
  * any yet, so every key is refused, but by name, so that a caller sees what it got wrong. */
 typedef struct BusOption {
@@ -216,14 +226,9 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
                         return r;
         }
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_MOUNT, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
-        r = refuse_while_stopping(m, error);
-        if (r < 0)
-                return r;
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_MOUNT, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
 
         if (m->fs)
                 return sd_bus_error_setf(error, MUSICFS_ERROR_BUSY, "The library is mounted at %s already; unmount it first.",
@@ -268,14 +273,9 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
         if (r < 0)
                 return r;
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_MOUNT, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
-        r = refuse_while_stopping(m, error);
-        if (r < 0)
-                return r;
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_MOUNT, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
 
         if (m->mountpoint) {
                 where = strdup(m->mountpoint);
@@ -408,14 +408,9 @@ static int method_add_origin(sd_bus_message *message, void *userdata, sd_bus_err
         if (r < 0)
                 return r;
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_ORIGINS, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
-        r = refuse_while_stopping(m, error);
-        if (r < 0)
-                return r;
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_ORIGINS, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
 
         if (remote)
                 return sd_bus_error_setf(error, MUSICFS_ERROR_NOT_SUPPORTED,
@@ -459,14 +454,9 @@ static int method_remove_origin(sd_bus_message *message, void *userdata, sd_bus_
         if (r < 0)
                 return r;
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_ORIGINS, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
-        r = refuse_while_stopping(m, error);
-        if (r < 0)
-                return r;
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_ORIGINS, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
 
         r = manager_remove_origin(m, name, message);
         if (r == -ENXIO)
@@ -563,14 +553,9 @@ static int method_rescan(sd_bus_message *message, void *userdata, sd_bus_error *
                         return r;
         }
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_ORIGINS, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
-        r = refuse_while_stopping(m, error);
-        if (r < 0)
-                return r;
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_ORIGINS, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
 
         r = manager_rescan(m, name);
         if (r == -ENXIO)
@@ -670,14 +655,9 @@ static int method_reload(sd_bus_message *message, void *userdata, sd_bus_error *
         _cleanup_free_ char *reason = NULL;
         int r;
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_RELOAD, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
-        r = refuse_while_stopping(m, error);
-        if (r < 0)
-                return r;
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_RELOAD, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
 
         r = manager_reload(m, &reason);
         if (r == -ENOMEM)
