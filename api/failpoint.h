@@ -26,7 +26,13 @@
         X(FUSE_READ,       "fuse-read")                 \
         X(FUSE_LOOKUP,     "fuse-lookup")               \
         X(FUSE_READDIR,    "fuse-readdir")              \
-        X(SHUTDOWN_DRAIN,  "shutdown-drain")
+        X(SHUTDOWN_DRAIN,  "shutdown-drain")          \
+        X(CACHE_WRITE,     "cache-write")               \
+        X(CACHE_RENAME,    "cache-rename")              \
+        X(CACHE_INDEX,     "cache-index")               \
+        X(CACHE_INDEX_COMMIT, "cache-index-commit")     \
+        X(CACHE_EVICT,     "cache-evict")               \
+        X(CACHE_CHUNK_READ, "cache-chunk-read")
 
 typedef enum FailpointId {
 #define FP_ENUM(id, name) FP_##id,

@@ -600,7 +600,7 @@ static void test_list(void **state) {
                 }
         }
         assert_string_equal(infos[0].name, "catalog-open");
-        assert_string_equal(infos[n - 1].name, "shutdown-drain");
+        assert_string_equal(infos[n - 1].name, "cache-chunk-read");
         failpoint_info_free(infos, n);
         failpoint_info_free(NULL, 0);
 }

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+/* What the two halves of the cache share. cache.c owns the context: open/close, the maintenance
+ * thread (access-time flush, budget and eviction, watermarks, the health probe and passthrough),
+ * pins, stats, clear and verify. cache-read.c owns the read path: readers, fill jobs (their queue and
+ * threads) and album read-ahead. Neither reaches into the other's fields except those marked shared. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "chunk-id.h"
+#include "chunk-index.h"
+#include "chunk-store.h"
+
+/* What a fill needs to know of a file, copied so it does not pin a Tree. */
+typedef struct CacheFileSpec {
+        char *key;                      /* cache_version_key() */
+        char *path;                     /* virtual path, for logs */
+        uint64_t size;
+        TreeReplica *replicas;          /* copied; rel_path strdup'ed */
+        size_t n_replicas;
+} CacheFileSpec;
+
+int cache_file_spec_from_node(const Tree *tree, const TreeNode *file, CacheFileSpec *ret);
+void cache_file_spec_done(CacheFileSpec *s);    /* frees members */
+
+typedef enum CacheFillKind {
+        CACHE_FILL_READER,              /* behind a reader: first in line */
+        CACHE_FILL_PIN,                 /* a pinned file */
+        CACHE_FILL_READAHEAD,           /* the next track of an album: cancelled when its reader goes */
+} CacheFillKind;
+
+typedef struct CacheFills CacheFills;   /* cache-read.c */
+
+struct Cache {
+        CacheOptions opts;              /* dir strdup'ed */
+        char *dir;
+        OriginSet *origins;
+        ChunkStore *store;
+        ChunkIndex *index;
+        cache_state_fn state_fn;
+        void *state_userdata;
+
+        /* Passthrough (cache.c writes, everyone reads). */
+        atomic_int passthrough_reason;          /* CachePassthroughReason of the disk; NONE when fine */
+        atomic_bool passthrough_manual;
+        /* Watermark level from the last disk check (cache.c): 0 fine, 1 evict harder, 2 no prefetch,
+         * 3 no writes. */
+        atomic_int watermark_level;
+
+        /* Counters (both halves add). */
+        atomic_uint_fast64_t hits, misses, evictions, evicted_bytes, bad_chunks;
+
+        CacheFills *fills;              /* cache-read.c */
+
+        /* cache.c: batched access times, the maintenance thread, pins in progress. */
+        pthread_mutex_t lock;
+        pthread_cond_t wake;
+        ChunkId *touched;
+        size_t n_touched, n_touched_alloc;
+        bool maintenance_requested;
+        bool stopping;
+        pthread_t maintenance;
+        bool maintenance_started;
+        uint64_t pin_bytes_total, pin_bytes_done;
+};
+
+/* cache.c, for the read path. */
+bool cache_passthrough_active(Cache *c);        /* manual or a disk reason */
+bool cache_writes_allowed(Cache *c);            /* not past stop_percent, not in passthrough */
+bool cache_prefetch_allowed(Cache *c);          /* below prefetch_percent: read-ahead and pins may fill */
+/* A chunk was served: its access time is flushed to the index in a batch (survives restarts). */
+void cache_note_access(Cache *c, const ChunkId *id);
+/* Chunks were stored: wakes the maintenance thread to hold the budget (it evicts before the total
+ * passes 1.05× the budget; writers call it after each batch). */
+void cache_note_stored(Cache *c, uint64_t bytes);
+/* An error from the cache disk or index (negative errno): EROFS, ENOSPC, EDQUOT, EIO, EACCES, EPERM
+ * turn passthrough on with their reason; -ENOTRECOVERABLE reopens the index. Others are ignored. */
+void cache_disk_failed(Cache *c, int error);
+/* A pinned file finished filling (bytes = its size), for pin progress. */
+void cache_pin_progress(Cache *c, uint64_t bytes);
+
+/* cache-read.c, for cache.c. */
+int cache_fills_new(Cache *c, unsigned threads, CacheFills **ret);
+void cache_fills_free(CacheFills *f);           /* stops the threads; NULL is fine */
+/* Queues a fill of spec (copied) unless one of that key runs or waits, or the version is complete
+ * in the cache. Returns 0 queued, 1 already there or running. */
+int cache_fill_queue(Cache *c, const CacheFileSpec *spec, CacheFillKind kind);
+void cache_fills_counts(Cache *c, uint64_t *ret_active, uint64_t *ret_queued);
+/* True when every chunk of the version is stored (the index says so; files not read). */
+int cache_version_complete(Cache *c, const char *key, uint64_t *ret_missing_bytes);
