@@ -7,11 +7,11 @@ packages=(
         # build
         meson ninja-build pkg-config gcc
         libfuse3-dev libsqlite3-dev liblmdb-dev libsystemd-dev libavformat-dev libavutil-dev
-        libinih-dev libcmocka-dev
+        libinih-dev libcmocka-dev libssl-dev
         # run
         fuse3 dbus dbus-daemon systemd
         # test: real encoders and probes, the bus mock, XML and unit lint
-        ffmpeg flac python3 python3-dbus python3-dbusmock python3-gi libxml2-utils sqlite3 procps util-linux
+        ffmpeg flac python3 python3-dbus python3-dbusmock python3-gi libxml2-utils sqlite3 procps util-linux lmdb-utils
 )
 
 missing=()
