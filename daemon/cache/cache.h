@@ -98,6 +98,9 @@ void cache_reader_close(CacheReader *r);       /* NULL is fine; cancels its read
  * budget. Unpin: -ENOENT when path is not pinned. */
 int cache_pin(Cache *c, const Tree *tree, const char *path);
 int cache_unpin(Cache *c, const char *path);
+/* After a new tree is published (and once after open): re-resolves the pinned paths in tree, so
+ * files added or changed under a pinned directory are pinned and fetched too. */
+int cache_pins_refresh(Cache *c, const Tree *tree);
 /* The pinned paths, newly allocated (strv, NULL-terminated). */
 int cache_list_pins(Cache *c, char ***ret);
 
