@@ -5,7 +5,8 @@
  *   chunks    ChunkId -> { size, refcount, pin count, last access, stored }
  *   lru       be64 last access ‖ ChunkId -> ""    (stored unpinned chunks, eviction order, oldest first)
  *   versions  version key -> file size, then the ordered (ChunkId, size) list
- *   pins      pinned path -> the version keys it pinned
+ *   pins      pinned path -> the version keys it pinned (and the chunks it added pin counts to)
+ *   pinkeys   version key -> the pins that list it, so a version recorded after its pin is pinned
  *   meta      "bytes" (sum of chunk sizes), "format"
  * refcount counts the references from versions (a chunk in two files, or twice in one, counts each);
  * the pin count, the references from pinned versions. A record lives while the chunk is stored or
@@ -92,7 +93,9 @@ int chunk_index_oldest_unpinned(ChunkIndex *x, ChunkRef *ret, size_t max, size_t
 
 /* Pins: path is the pinned path as the user gave it (relative to the mountpoint). Pinning adds one
  * pin count to every chunk of every listed version, stored or not; unpinning removes what that pin
- * added. Pinning a path again replaces its list. */
+ * added. Pinning a path again replaces its list. A listed version not recorded yet is pinned when
+ * chunk_index_version_put() first records it (pin, then fill); replacing a recorded version adds no
+ * pin counts (pin again for that). */
 int chunk_index_pin_put(ChunkIndex *x, const char *path, const char *const *version_keys, size_t n);
 int chunk_index_pin_drop(ChunkIndex *x, const char *path);     /* -ENOENT */
 typedef int (*chunk_index_pin_fn)(const char *path, const char *const *version_keys, size_t n, void *userdata);
