@@ -65,6 +65,19 @@ struct Cache {
         pthread_t maintenance;
         bool maintenance_started;
         uint64_t pin_bytes_total, pin_bytes_done;
+        /* cache.c (added by the context's author): one eviction or clear at a time, so a writer's
+         * synchronous eviction and the thread's do not both empty the cache; the index's replacement
+         * after a failed reopen (the old object stays allocated in retired until close, because other
+         * threads may still hold the pointer); the last stored total seen, for cache_writes_allowed();
+         * pinned paths already logged as missing from the tree. */
+        pthread_mutex_t evict_lock;
+        pthread_mutex_t index_lock;
+        ChunkIndex **retired;
+        size_t n_retired;
+        atomic_bool index_rebuild;              /* the maintenance thread must rebuild the index */
+        atomic_uint_fast64_t stored_bytes;
+        char **pins_missing;
+        size_t n_pins_missing;
 };
 
 /* cache.c, for the read path. */
@@ -81,6 +94,11 @@ void cache_note_stored(Cache *c, uint64_t bytes);
 void cache_disk_failed(Cache *c, int error);
 /* A pinned file finished filling (bytes = its size), for pin progress. */
 void cache_pin_progress(Cache *c, uint64_t bytes);
+/* (Added by the read path.) Called by a writer just before it commits a batch of bytes of new chunks
+ * (they appear in the store at the rename, before the index or cache_note_stored() know them):
+ * evicts first, synchronously, if the stored total plus bytes would pass the budget, so that the
+ * chunk files on disk never exceed 1.05× even with two fill threads. */
+void cache_make_room(Cache *c, uint64_t bytes);
 
 /* cache-read.c, for cache.c. */
 int cache_fills_new(Cache *c, unsigned threads, CacheFills **ret);
