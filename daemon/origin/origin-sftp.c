@@ -1,0 +1,1366 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The SFTP origin (DESIGN.md D10): a directory on an SSH server, read through libssh2.
+ *
+ * Owns: a small pool of SSH sessions per origin (each operation borrows one; a session that broke
+ * is dropped and a new one made on the next borrow), host key verification against known_hosts (or
+ * a pinned SHA-256 fingerprint), key authentication (agent or key file), keepalives, the per-file
+ * read-ahead buffer, and the timeout/retry policy: every operation has one deadline (timeout_sec,
+ * retries included); connection errors are retried after 100 ms, 500 ms and 2 s on a fresh session,
+ * then answered -EIO.
+ *
+ * Every session is non-blocking: a libssh2 call that would block returns EAGAIN and we poll() the
+ * socket until the operation's deadline, so neither a dead server nor a black-holed connect can hold
+ * a thread past its timeout (libssh2_session_set_timeout() does not cover connect or the agent).
+ *
+ * Remote handles are cached per session, keyed by the OriginFile that opened them, so a file's reads
+ * cost no extra open round trip, and sequential reads continue libssh2's pipelined read stream
+ * (libssh2_sftp_read() keeps several SSH_FXP_READ requests in flight for a large buffer). */
+#include <errno.h>
+#include <inttypes.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libssh2.h>
+#include <libssh2_sftp.h>
+#include <openssl/evp.h>
+
+#include "log.h"
+#include "macro.h"
+#include "origin-internal.h"
+
+#define SFTP_POOL_MAX 64
+#define SFTP_HANDLE_SLOTS 8             /* open remote handles kept per session */
+#define SFTP_READAHEAD (128 * 1024)     /* what a small read fetches: the tag parser's many small reads cost one */
+#define SFTP_CHECK_TIMEOUT_SEC 5        /* D11: a health check has its own 5 s */
+#define USEC_PER_SEC UINT64_C(1000000)
+#ifndef MIN
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#endif
+
+typedef uint64_t usec_t;
+
+static usec_t now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (usec_t) ts.tv_sec * USEC_PER_SEC + (usec_t) ts.tv_nsec / 1000;
+}
+
+/* What a file's handles are keyed by: it outlives the SftpFile while sessions still hold a handle. */
+typedef struct FileKey {
+        atomic_uint n_ref;
+        atomic_bool closed;
+        char path[];            /* the remote path */
+} FileKey;
+
+static FileKey *file_key_ref(FileKey *k) {
+        atomic_fetch_add(&k->n_ref, 1);
+        return k;
+}
+
+static void file_key_unref(FileKey *k) {
+        if (k && atomic_fetch_sub(&k->n_ref, 1) == 1)
+                free(k);
+}
+
+typedef struct HandleSlot {
+        FileKey *key;
+        LIBSSH2_SFTP_HANDLE *handle;
+        uint64_t pos;           /* where libssh2's read stream on this handle continues */
+        usec_t last_used;
+} HandleSlot;
+
+typedef struct SftpSession {
+        int fd;
+        LIBSSH2_SESSION *ssh;
+        LIBSSH2_SFTP *sftp;
+        bool broken;            /* the transport failed or an operation was cut off mid-way */
+        int wait_error;         /* why the last wait ended, a negative errno, 0 if it did not fail */
+        usec_t idle_since;
+        HandleSlot slots[SFTP_HANDLE_SLOTS];
+} SftpSession;
+
+typedef struct SftpOrigin {
+        Origin base;
+        char *host, *user, *root, *identity_file, *known_hosts, *fingerprint;
+        unsigned port, pool_size, timeout_sec, keepalive_sec;
+        bool use_agent;
+        char **default_identities;      /* NULL-terminated, when no identity_file was given */
+
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        SftpSession *idle[SFTP_POOL_MAX];
+        unsigned n_idle;
+        unsigned n_sessions;    /* idle, borrowed, or being connected */
+} SftpOrigin;
+
+typedef struct SftpFile {
+        OriginFile base;
+        FileKey *key;
+        uint64_t size;
+        pthread_mutex_t lock;   /* the read-ahead buffer */
+        uint8_t *ra;
+        uint64_t ra_off;
+        size_t ra_len;
+} SftpFile;
+
+static SftpOrigin *sftp_origin(Origin *o) {
+        return (SftpOrigin *) o;
+}
+
+static void libssh2_init_once(void) {
+        /* Also initialises the crypto backend; must not race with sessions being made. */
+        if (libssh2_init(0) != 0)
+                log_error("libssh2_init() failed");
+}
+
+/* ---- waiting on a non-blocking session ------------------------------------------------------ */
+
+/* Waits until the socket is ready the way libssh2 wants it, or the deadline passes. */
+static int session_wait(SftpSession *s, usec_t deadline) {
+        int dirs = libssh2_session_block_directions(s->ssh);
+        struct pollfd p = { .fd = s->fd };
+
+        if (dirs & LIBSSH2_SESSION_BLOCK_INBOUND)
+                p.events |= POLLIN;
+        if (dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND)
+                p.events |= POLLOUT;
+        if (p.events == 0)
+                p.events = POLLIN;
+
+        for (;;) {
+                usec_t n = now_usec();
+                if (n >= deadline)
+                        return (s->wait_error = -ETIMEDOUT);
+                int ms = (int) MIN((deadline - n + 999) / 1000, (usec_t) INT_MAX);
+                int k = poll(&p, 1, ms);
+                if (k > 0)
+                        return 0;       /* also POLLHUP/POLLERR: libssh2 reads the error itself */
+                if (k == 0)
+                        return (s->wait_error = -ETIMEDOUT);
+                if (errno != EINTR)
+                        return (s->wait_error = -errno);
+        }
+}
+
+/* Runs an int-returning libssh2 call until it stops saying EAGAIN or the deadline passes. */
+#define SSH_CALL(s, deadline, rc, expr)                                                  \
+        do {                                                                             \
+                (s)->wait_error = 0;                                                     \
+                for (;;) {                                                               \
+                        (rc) = (expr);                                                   \
+                        if ((rc) != LIBSSH2_ERROR_EAGAIN)                                \
+                                break;                                                   \
+                        if (session_wait((s), (deadline)) < 0) {                         \
+                                (rc) = LIBSSH2_ERROR_TIMEOUT;                            \
+                                break;                                                   \
+                        }                                                                \
+                }                                                                        \
+        } while (0)
+
+/* The same for a call that returns a pointer, NULL on failure. */
+#define SSH_CALL_PTR(s, deadline, ptr, expr)                                             \
+        do {                                                                             \
+                (s)->wait_error = 0;                                                     \
+                for (;;) {                                                               \
+                        (ptr) = (expr);                                                  \
+                        if ((ptr) || libssh2_session_last_errno((s)->ssh) != LIBSSH2_ERROR_EAGAIN) \
+                                break;                                                   \
+                        if (session_wait((s), (deadline)) < 0)                           \
+                                break;                                                   \
+                }                                                                        \
+        } while (0)
+
+static int sftp_status_to_errno(unsigned long status) {
+        switch (status) {
+        case LIBSSH2_FX_NO_SUCH_FILE:
+        case LIBSSH2_FX_NO_SUCH_PATH:
+                return -ENOENT;
+        case LIBSSH2_FX_PERMISSION_DENIED:
+        case LIBSSH2_FX_WRITE_PROTECT:
+                return -EACCES;
+        case LIBSSH2_FX_NOT_A_DIRECTORY:
+                return -ENOTDIR;
+        case LIBSSH2_FX_INVALID_FILENAME:
+                return -EINVAL;
+        case LIBSSH2_FX_LINK_LOOP:
+                return -ELOOP;
+        case LIBSSH2_FX_OP_UNSUPPORTED:
+                return -EOPNOTSUPP;
+        default:
+                return -EIO;
+        }
+}
+
+/* Turns a failed libssh2 call into a negative errno. An SFTP status is the server's answer about a
+ * path and leaves the session usable; anything else (a timeout included: the request may still be
+ * in flight) leaves the session in an unknown state, so it is marked broken and dropped. */
+static int session_error(SftpSession *s, int rc, const char *what) {
+        if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL && s->sftp)
+                return sftp_status_to_errno(libssh2_sftp_last_error(s->sftp));
+
+        s->broken = true;
+        if (s->wait_error < 0) {
+                log_debug_errno(s->wait_error, "SFTP %s: %m", what);
+                return s->wait_error;
+        }
+        char *msg = NULL;
+        libssh2_session_last_error(s->ssh, &msg, NULL, 0);
+        log_debug("SFTP %s failed: %s (libssh2 error %d)", what, strna(msg), rc);
+        return rc == LIBSSH2_ERROR_TIMEOUT ? -ETIMEDOUT : -ECONNRESET;
+}
+
+/* ---- sessions ---------------------------------------------------------------------------------- */
+
+static void session_free(SftpSession *s) {
+        if (!s)
+                return;
+        if (s->ssh) {
+                if (s->broken) {
+                        /* Nothing more will be said on this connection: every write below fails at
+                         * once instead of waiting on a dead peer. */
+                        if (s->fd >= 0)
+                                (void) shutdown(s->fd, SHUT_RDWR);
+                        s->sftp = NULL; /* freed with the session */
+                }
+                /* Blocking with a short timeout: the goodbyes of a healthy session are best effort. */
+                libssh2_session_set_timeout(s->ssh, 1000);
+                libssh2_session_set_blocking(s->ssh, 1);
+                for (size_t i = 0; i < SFTP_HANDLE_SLOTS; i++) {
+                        if (s->slots[i].handle && !s->broken)
+                                libssh2_sftp_close_handle(s->slots[i].handle);
+                        file_key_unref(s->slots[i].key);
+                }
+                if (s->sftp)
+                        libssh2_sftp_shutdown(s->sftp);
+                if (!s->broken)
+                        libssh2_session_disconnect(s->ssh, "bye");
+                libssh2_session_free(s->ssh);
+        }
+        if (s->fd >= 0)
+                close(s->fd);
+        free(s);
+}
+
+static int tcp_connect(SftpOrigin *so, usec_t deadline, int *ret_fd) {
+        char port[8];
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
+        int r;
+
+        snprintf(port, sizeof port, "%u", so->port);
+        /* getaddrinfo() has no deadline of its own; names are normally local or cached. */
+        r = getaddrinfo(so->host, port, &hints, &ai);
+        if (r != 0) {
+                log_warning("SFTP origin %s: cannot resolve %s: %s", so->base.name, so->host, gai_strerror(r));
+                return r == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+        }
+
+        r = -ECONNREFUSED;
+        for (struct addrinfo *a = ai; a; a = a->ai_next) {
+                _cleanup_close_ int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                                                a->ai_protocol);
+                if (fd < 0) {
+                        r = -errno;
+                        continue;
+                }
+                if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
+                        if (errno != EINPROGRESS) {
+                                r = -errno;
+                                continue;
+                        }
+                        struct pollfd p = { .fd = fd, .events = POLLOUT };
+                        usec_t n = now_usec();
+                        int k = n >= deadline ? 0 : poll(&p, 1, (int) MIN((deadline - n + 999) / 1000, (usec_t) INT_MAX));
+                        if (k <= 0) {
+                                r = k == 0 ? -ETIMEDOUT : -errno;
+                                break;  /* the deadline is spent */
+                        }
+                        int err = 0;
+                        socklen_t len = sizeof err;
+                        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                                err = errno;
+                        if (err != 0) {
+                                r = -err;
+                                continue;
+                        }
+                }
+                int one = 1;
+                (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                (void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+                *ret_fd = TAKE_FD(fd);
+                r = 0;
+                break;
+        }
+        freeaddrinfo(ai);
+        return r;
+}
+
+static int knownhost_keytype(int hostkey_type) {
+        switch (hostkey_type) {
+        case LIBSSH2_HOSTKEY_TYPE_RSA:       return LIBSSH2_KNOWNHOST_KEY_SSHRSA;
+        case LIBSSH2_HOSTKEY_TYPE_DSS:       return LIBSSH2_KNOWNHOST_KEY_SSHDSS;
+        case LIBSSH2_HOSTKEY_TYPE_ECDSA_256: return LIBSSH2_KNOWNHOST_KEY_ECDSA_256;
+        case LIBSSH2_HOSTKEY_TYPE_ECDSA_384: return LIBSSH2_KNOWNHOST_KEY_ECDSA_384;
+        case LIBSSH2_HOSTKEY_TYPE_ECDSA_521: return LIBSSH2_KNOWNHOST_KEY_ECDSA_521;
+        case LIBSSH2_HOSTKEY_TYPE_ED25519:   return LIBSSH2_KNOWNHOST_KEY_ED25519;
+        default:                             return LIBSSH2_KNOWNHOST_KEY_UNKNOWN;
+        }
+}
+
+/* "SHA256:<base64 without padding>", as ssh-keygen -l prints it. */
+static int hostkey_fingerprint(LIBSSH2_SESSION *ssh, char *buf, size_t size) {
+        const unsigned char *hash = (const unsigned char *) libssh2_hostkey_hash(ssh, LIBSSH2_HOSTKEY_HASH_SHA256);
+        unsigned char b64[64];
+
+        if (!hash)
+                return -EIO;
+        int n = EVP_EncodeBlock(b64, hash, 32);
+        while (n > 0 && b64[n - 1] == '=')
+                n--;
+        if (snprintf(buf, size, "SHA256:%.*s", n, (const char *) b64) >= (int) size)
+                return -ENOBUFS;
+        return 0;
+}
+
+static bool fingerprint_equal(const char *pinned, const char *actual) {
+        size_t a = strlen(pinned), b = strlen(actual);
+        while (a > 0 && pinned[a - 1] == '=')
+                a--;
+        return a == b && strncmp(pinned, actual, a) == 0;
+}
+
+/* Refuses a server whose key known_hosts contradicts, or that neither known_hosts nor the pinned
+ * fingerprint vouches for: -EPERM, with one clear log line. Never retried. */
+static int session_verify_host(SftpOrigin *so, SftpSession *s) {
+        size_t len = 0;
+        int type = 0;
+        const char *key = libssh2_session_hostkey(s->ssh, &len, &type);
+        char fp[80];
+        int r;
+
+        if (!key)
+                return log_error_errno(EIO, "SFTP origin %s: the server sent no host key", so->base.name);
+        r = hostkey_fingerprint(s->ssh, fp, sizeof fp);
+        if (r < 0)
+                return log_error_errno(r, "SFTP origin %s: cannot hash the host key: %m", so->base.name);
+
+        int check = LIBSSH2_KNOWNHOST_CHECK_NOTFOUND;
+        LIBSSH2_KNOWNHOSTS *kh = libssh2_knownhost_init(s->ssh);
+        if (!kh)
+                return -ENOMEM;
+        if (so->known_hosts && access(so->known_hosts, F_OK) == 0) {
+                if (libssh2_knownhost_readfile(kh, so->known_hosts, LIBSSH2_KNOWNHOST_FILE_OPENSSH) < 0) {
+                        libssh2_knownhost_free(kh);
+                        return log_error_errno(EPERM, "SFTP origin %s: cannot read known_hosts file %s; refusing to connect",
+                                               so->base.name, so->known_hosts);
+                }
+                struct libssh2_knownhost *entry = NULL;
+                check = libssh2_knownhost_checkp(kh, so->host, (int) so->port, key, len,
+                                                 LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
+                                                 knownhost_keytype(type), &entry);
+        }
+        libssh2_knownhost_free(kh);
+
+        if (so->fingerprint && !fingerprint_equal(so->fingerprint, fp))
+                return log_error_errno(EPERM, "SFTP origin %s: host key of %s:%u has fingerprint %s, not the pinned %s; refusing to connect",
+                                       so->base.name, so->host, so->port, fp, so->fingerprint);
+
+        switch (check) {
+        case LIBSSH2_KNOWNHOST_CHECK_MATCH:
+                return 0;
+        case LIBSSH2_KNOWNHOST_CHECK_MISMATCH:
+                return log_error_errno(EPERM, "SFTP origin %s: HOST KEY MISMATCH for %s:%u (offered %s) against %s: someone may be intercepting the connection, or the key changed; refusing to connect",
+                                       so->base.name, so->host, so->port, fp, strna(so->known_hosts));
+        case LIBSSH2_KNOWNHOST_CHECK_NOTFOUND:
+                if (so->fingerprint)
+                        return 0;       /* pinned and equal, checked above */
+                return log_error_errno(EPERM, "SFTP origin %s: host %s:%u (key %s) is not in %s and no host_key_fingerprint is pinned; refusing to connect",
+                                       so->base.name, so->host, so->port, fp, strna(so->known_hosts));
+        default:
+                return log_error_errno(EPERM, "SFTP origin %s: cannot check the host key of %s:%u against %s; refusing to connect",
+                                       so->base.name, so->host, so->port, strna(so->known_hosts));
+        }
+}
+
+static int session_auth_agent(SftpOrigin *so, SftpSession *s, usec_t deadline) {
+        const char *sock = getenv("SSH_AUTH_SOCK");
+        if (!sock || !sock[0])
+                return -ENOENT;
+
+        LIBSSH2_AGENT *agent = libssh2_agent_init(s->ssh);
+        if (!agent)
+                return -ENOMEM;
+        int r = -EACCES;
+        if (libssh2_agent_connect(agent) != 0 || libssh2_agent_list_identities(agent) != 0) {
+                log_debug("SFTP origin %s: the ssh agent cannot be used", so->base.name);
+                r = -ENOENT;
+        } else {
+                struct libssh2_agent_publickey *id = NULL, *prev = NULL;
+                while (libssh2_agent_get_identity(agent, &id, prev) == 0) {
+                        int rc;
+                        SSH_CALL(s, deadline, rc, libssh2_agent_userauth(agent, so->user, id));
+                        if (rc == 0) {
+                                r = 0;
+                                break;
+                        }
+                        if (s->wait_error < 0 || rc == LIBSSH2_ERROR_SOCKET_RECV || rc == LIBSSH2_ERROR_SOCKET_SEND ||
+                            rc == LIBSSH2_ERROR_SOCKET_DISCONNECT || rc == LIBSSH2_ERROR_TIMEOUT) {
+                                r = session_error(s, rc, "agent authentication");
+                                break;
+                        }
+                        prev = id;
+                }
+                libssh2_agent_disconnect(agent);
+        }
+        libssh2_agent_free(agent);
+        return r;
+}
+
+static int session_auth_file(SftpOrigin *so, SftpSession *s, const char *key_file, usec_t deadline) {
+        _cleanup_free_ char *pub = NULL;
+        int rc;
+
+        if (access(key_file, R_OK) < 0)
+                return -errno;
+        /* libssh2 derives the public key from the private one, but takes "KEY.pub" when it is there. */
+        if (asprintf(&pub, "%s.pub", key_file) < 0)
+                return -ENOMEM;
+        SSH_CALL(s, deadline, rc, libssh2_userauth_publickey_fromfile_ex(s->ssh, so->user, (unsigned) strlen(so->user),
+                                                                         access(pub, R_OK) == 0 ? pub : NULL,
+                                                                         key_file, NULL));
+        if (rc == 0)
+                return 0;
+        if (rc == LIBSSH2_ERROR_FILE || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED ||
+            rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_METHOD_NOT_SUPPORTED) {
+                log_debug("SFTP origin %s: key %s not accepted (libssh2 error %d)", so->base.name, key_file, rc);
+                return -EACCES;
+        }
+        return session_error(s, rc, "key authentication");
+}
+
+static int session_auth(SftpOrigin *so, SftpSession *s, usec_t deadline) {
+        int r;
+
+        if (so->use_agent || !so->identity_file) {
+                r = session_auth_agent(so, s, deadline);
+                if (r == 0 || s->broken)
+                        return r;
+        }
+        if (so->identity_file) {
+                r = session_auth_file(so, s, so->identity_file, deadline);
+                if (r == 0 || s->broken)
+                        return r;
+                if (r != -EACCES)
+                        log_warning_errno(r, "SFTP origin %s: cannot read identity file %s: %m", so->base.name,
+                                          so->identity_file);
+        } else
+                for (char **k = so->default_identities; k && *k; k++) {
+                        r = session_auth_file(so, s, *k, deadline);
+                        if (r == 0 || s->broken)
+                                return r;
+                }
+
+        return log_error_errno(EACCES, "SFTP origin %s: %s@%s:%u refused every key we offered; check identity_file/agent and the server's authorized_keys",
+                               so->base.name, so->user, so->host, so->port);
+}
+
+/* Connects, checks the host, authenticates and starts SFTP, all before the deadline. */
+static int session_new(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
+        SftpSession *s = calloc(1, sizeof *s);
+        int r, rc;
+
+        if (!s)
+                return -ENOMEM;
+        s->fd = -EBADF;
+
+        r = tcp_connect(so, deadline, &s->fd);
+        if (r < 0) {
+                log_debug_errno(r, "SFTP origin %s: cannot connect to %s:%u: %m", so->base.name, so->host, so->port);
+                goto fail;
+        }
+        s->ssh = libssh2_session_init();
+        if (!s->ssh) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        libssh2_session_set_blocking(s->ssh, 0);
+
+        SSH_CALL(s, deadline, rc, libssh2_session_handshake(s->ssh, s->fd));
+        if (rc != 0) {
+                r = session_error(s, rc, "handshake");
+                goto fail;
+        }
+        r = session_verify_host(so, s);
+        if (r < 0)
+                goto fail;
+        r = session_auth(so, s, deadline);
+        if (r < 0)
+                goto fail;
+
+        SSH_CALL_PTR(s, deadline, s->sftp, libssh2_sftp_init(s->ssh));
+        if (!s->sftp) {
+                r = session_error(s, libssh2_session_last_errno(s->ssh), "subsystem start");
+                goto fail;
+        }
+        libssh2_keepalive_config(s->ssh, 1, so->keepalive_sec);
+        s->idle_since = now_usec();
+        *ret = s;
+        return 0;
+
+fail:
+        s->broken = true;
+        session_free(s);
+        return r;
+}
+
+/* ---- the pool ---------------------------------------------------------------------------------- */
+
+/* An idle session, or a new one while fewer than pool_size exist; otherwise waits for one. */
+static int pool_borrow(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
+        pthread_mutex_lock(&so->lock);
+        while (so->n_idle == 0 && so->n_sessions >= so->pool_size) {
+                struct timespec ts;
+                usec_t n = now_usec();
+                if (n >= deadline) {
+                        pthread_mutex_unlock(&so->lock);
+                        return -ETIMEDOUT;
+                }
+                clock_gettime(CLOCK_REALTIME, &ts);
+                usec_t wait = MIN(deadline - n, 60 * USEC_PER_SEC);
+                ts.tv_sec += (time_t) (wait / USEC_PER_SEC);
+                ts.tv_nsec += (long) (wait % USEC_PER_SEC) * 1000;
+                if (ts.tv_nsec >= 1000000000) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000;
+                }
+                pthread_cond_timedwait(&so->cond, &so->lock, &ts);
+        }
+        if (so->n_idle > 0) {
+                /* The most recently used: the likeliest to be alive and to hold a wanted handle. */
+                SftpSession *s = so->idle[--so->n_idle];
+                pthread_mutex_unlock(&so->lock);
+
+                if (now_usec() - s->idle_since <= 2 * (usec_t) so->keepalive_sec * USEC_PER_SEC) {
+                        /* A session idle past the keepalive interval tells the server (and NATs)
+                         * it is still wanted; a dead connection shows up as a failure of the
+                         * operation itself, retried at once on a new session. */
+                        int next = 0;
+                        if (libssh2_keepalive_send(s->ssh, &next) < 0 &&
+                            libssh2_session_last_errno(s->ssh) != LIBSSH2_ERROR_EAGAIN)
+                                s->broken = true;
+                        *ret = s;
+                        return 1;       /* reused */
+                }
+                /* Idle for two keepalive intervals with nobody sending them: a NAT or the server
+                 * may have dropped it without a word, and an operation on a silently dead
+                 * connection would wait out its whole deadline. A new one takes its place. */
+                s->broken = true;
+                session_free(s);
+        } else {
+                so->n_sessions++;
+                pthread_mutex_unlock(&so->lock);
+        }
+
+        int r = session_new(so, deadline, ret);
+        if (r < 0) {
+                pthread_mutex_lock(&so->lock);
+                so->n_sessions--;
+                pthread_cond_signal(&so->cond);
+                pthread_mutex_unlock(&so->lock);
+        }
+        return r < 0 ? r : 0;
+}
+
+static void pool_return(SftpOrigin *so, SftpSession *s) {
+        if (s->broken) {
+                session_free(s);
+                s = NULL;
+        } else
+                s->idle_since = now_usec();
+
+        pthread_mutex_lock(&so->lock);
+        if (s)
+                so->idle[so->n_idle++] = s;
+        else
+                so->n_sessions--;
+        pthread_cond_signal(&so->cond);
+        pthread_mutex_unlock(&so->lock);
+}
+
+/* Errors that a fresh connection may cure; everything else (the server's answer about a path, a
+ * refused host key or login) is final. */
+static bool error_is_transient(int r) {
+        switch (-r) {
+        case ECONNRESET: case ECONNREFUSED: case ECONNABORTED: case ETIMEDOUT: case EHOSTUNREACH:
+        case ENETUNREACH: case ENETDOWN: case EPIPE: case ENOTCONN: case EAGAIN:
+                return true;
+        default:
+                return false;
+        }
+}
+
+typedef ssize_t (*sftp_op_fn)(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadline);
+
+/* Runs op on a borrowed session under one deadline for everything, retries included (D10):
+ * a connection error drops the session and tries again on a new one after 100 ms, 500 ms, 2 s;
+ * then, or when the deadline passes, -EIO. A failure on a reused session is retried at once the
+ * first time: a server that closed an idle connection is not an outage. */
+static ssize_t sftp_run(SftpOrigin *so, const char *what, const char *path, unsigned timeout_sec, sftp_op_fn op,
+                        void *arg) {
+        static const unsigned backoff_ms[] = { 100, 500, 2000 };
+        usec_t deadline = now_usec() + (usec_t) timeout_sec * USEC_PER_SEC;
+        bool free_retry = true;
+        ssize_t r;
+
+        for (unsigned attempt = 0;;) {
+                SftpSession *s = NULL;
+                int b = pool_borrow(so, deadline, &s);
+                bool reused = b > 0;
+                if (b < 0)
+                        r = b;
+                else {
+                        r = op(so, s, arg, deadline);
+                        pool_return(so, s);
+                }
+                if (r >= 0 || !error_is_transient((int) r))
+                        return r;
+
+                if (reused && free_retry) {
+                        free_retry = false;
+                        continue;
+                }
+                usec_t n = now_usec();
+                if (attempt >= ELEMENTSOF(backoff_ms) || n + backoff_ms[attempt] * UINT64_C(1000) >= deadline) {
+                        log_warning_errno((int) r, "SFTP origin %s: %s %s failed after %u attempt(s): %m",
+                                          so->base.name, what, strempty(path), attempt + 1);
+                        return -EIO;
+                }
+                log_debug_errno((int) r, "SFTP origin %s: %s %s failed, retrying in %u ms: %m", so->base.name, what,
+                                strempty(path), backoff_ms[attempt]);
+                struct timespec ts = { .tv_sec = backoff_ms[attempt] / 1000,
+                                       .tv_nsec = (long) (backoff_ms[attempt] % 1000) * 1000000 };
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                        ;
+                attempt++;
+        }
+}
+
+/* ---- operations --------------------------------------------------------------------------------- */
+
+static char *remote_path(SftpOrigin *so, const char *rel) {
+        char *p;
+        if (!rel || !rel[0])
+                return strdup(so->root);
+        if (asprintf(&p, "%s%s%s", so->root, streq_ptr(so->root, "/") ? "" : "/", rel) < 0)
+                return NULL;
+        return p;
+}
+
+static int attrs_verify_regular(const LIBSSH2_SFTP_ATTRIBUTES *a) {
+        if (!(a->flags & LIBSSH2_SFTP_ATTR_PERMISSIONS))
+                return 0;       /* the server does not say; take it for a file */
+        if (LIBSSH2_SFTP_S_ISREG(a->permissions))
+                return 0;
+        if (LIBSSH2_SFTP_S_ISDIR(a->permissions))
+                return -EISDIR;
+        return -EINVAL;
+}
+
+static void origin_stat_from_attrs(const LIBSSH2_SFTP_ATTRIBUTES *a, OriginStat *ret) {
+        *ret = (OriginStat) {
+                .size = (a->flags & LIBSSH2_SFTP_ATTR_SIZE) ? a->filesize : 0,
+                .mtime_ns = (a->flags & LIBSSH2_SFTP_ATTR_ACMODTIME) ? (int64_t) a->mtime * INT64_C(1000000000) : 0,
+        };
+}
+
+typedef struct StatArg {
+        const char *path;
+        int type;               /* LIBSSH2_SFTP_STAT or _LSTAT */
+        LIBSSH2_SFTP_ATTRIBUTES attrs;
+} StatArg;
+
+static ssize_t op_stat(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadline) {
+        StatArg *a = arg;
+        int rc;
+        (void) so;
+        SSH_CALL(s, deadline, rc, libssh2_sftp_stat_ex(s->sftp, a->path, (unsigned) strlen(a->path), a->type, &a->attrs));
+        return rc == 0 ? 0 : session_error(s, rc, "stat");
+}
+
+static int sftp_stat(Origin *o, const char *rel_path, OriginStat *ret) {
+        SftpOrigin *so = sftp_origin(o);
+        int r = origin_rel_path_check(rel_path);
+        if (r < 0)
+                return r;
+
+        _cleanup_free_ char *p = remote_path(so, rel_path);
+        if (!p)
+                return -ENOMEM;
+        StatArg a = { .path = p, .type = LIBSSH2_SFTP_STAT };
+        r = (int) sftp_run(so, "stat", rel_path, so->timeout_sec, op_stat, &a);
+        if (r < 0)
+                return r;
+        r = attrs_verify_regular(&a.attrs);
+        if (r < 0)
+                return r;
+        origin_stat_from_attrs(&a.attrs, ret);
+        return 0;
+}
+
+static int sftp_open(Origin *o, const char *rel_path, OriginFile **ret) {
+        SftpOrigin *so = sftp_origin(o);
+        int r = origin_rel_path_check(rel_path);
+        if (r < 0)
+                return r;
+
+        _cleanup_free_ char *p = remote_path(so, rel_path);
+        if (!p)
+                return -ENOMEM;
+        /* The remote handle is opened lazily by the first read, on whichever session it borrows; the
+         * stat answers now what open() must: that it is there and a regular file. */
+        StatArg a = { .path = p, .type = LIBSSH2_SFTP_STAT };
+        r = (int) sftp_run(so, "open", rel_path, so->timeout_sec, op_stat, &a);
+        if (r < 0)
+                return r;
+        r = attrs_verify_regular(&a.attrs);
+        if (r < 0)
+                return r;
+
+        size_t n = strlen(p);
+        FileKey *k = malloc(sizeof *k + n + 1);
+        SftpFile *f = calloc(1, sizeof *f);
+        if (!k || !f) {
+                free(k);
+                free(f);
+                return -ENOMEM;
+        }
+        atomic_init(&k->n_ref, 1);
+        atomic_init(&k->closed, false);
+        memcpy(k->path, p, n + 1);
+        f->key = k;
+        f->size = (a.attrs.flags & LIBSSH2_SFTP_ATTR_SIZE) ? a.attrs.filesize : UINT64_MAX;
+        pthread_mutex_init(&f->lock, NULL);
+        *ret = &f->base;
+        return 0;
+}
+
+/* Closes the handles of files closed since (one round trip each, only after a close). */
+static void session_sweep(SftpSession *s, usec_t deadline) {
+        for (size_t i = 0; i < SFTP_HANDLE_SLOTS && !s->broken; i++) {
+                HandleSlot *h = &s->slots[i];
+                if (!h->key || !atomic_load(&h->key->closed))
+                        continue;
+                int rc;
+                SSH_CALL(s, deadline, rc, libssh2_sftp_close_handle(h->handle));
+                if (rc != 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
+                        (void) session_error(s, rc, "close");
+                file_key_unref(h->key);
+                *h = (HandleSlot) {};
+        }
+}
+
+/* The session's handle for the file, opened if it has none (evicting the least recently used). */
+static int session_handle(SftpSession *s, FileKey *k, usec_t deadline, HandleSlot **ret) {
+        HandleSlot *victim = NULL;
+
+        session_sweep(s, deadline);
+        if (s->broken)
+                return -ECONNRESET;
+        for (size_t i = 0; i < SFTP_HANDLE_SLOTS; i++) {
+                HandleSlot *h = &s->slots[i];
+                if (h->key == k) {
+                        *ret = h;
+                        return 0;
+                }
+                if (!victim || (victim->key && (!h->key || h->last_used < victim->last_used)))
+                        victim = h;
+        }
+        if (victim->key) {
+                int rc;
+                SSH_CALL(s, deadline, rc, libssh2_sftp_close_handle(victim->handle));
+                if (rc != 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
+                        (void) session_error(s, rc, "close");
+                file_key_unref(victim->key);
+                *victim = (HandleSlot) {};
+                if (s->broken)
+                        return -ECONNRESET;
+        }
+
+        LIBSSH2_SFTP_HANDLE *handle;
+        SSH_CALL_PTR(s, deadline, handle, libssh2_sftp_open_ex(s->sftp, k->path, (unsigned) strlen(k->path),
+                                                               LIBSSH2_FXF_READ, 0, LIBSSH2_SFTP_OPENFILE));
+        if (!handle)
+                return session_error(s, libssh2_session_last_errno(s->ssh), "open");
+        *victim = (HandleSlot) { .key = file_key_ref(k), .handle = handle, .pos = 0 };
+        *ret = victim;
+        return 0;
+}
+
+typedef struct ReadArg {
+        FileKey *key;
+        uint8_t *buf;
+        size_t size;
+        uint64_t offset;
+        uint64_t file_size;     /* at open; UINT64_MAX when unknown */
+} ReadArg;
+
+/* Makes libssh2 forget the handle's read stream (requests in flight, buffered data, EOF) and
+ * continue at pos. A seek to where it already is would be a no-op, hence the detour. */
+static void handle_reset(HandleSlot *h, uint64_t pos) {
+        libssh2_sftp_seek64(h->handle, pos + 1);
+        libssh2_sftp_seek64(h->handle, pos);
+        h->pos = pos;
+}
+
+/* Exactly size bytes, fewer only at EOF. A read that continues where the last one on this handle
+ * ended needs no seek, so libssh2's read-ahead requests already in flight are used, not discarded. */
+static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadline) {
+        ReadArg *a = arg;
+        HandleSlot *h = NULL;
+        size_t done = 0;
+        (void) so;
+
+        int r = session_handle(s, a->key, deadline, &h);
+        if (r < 0)
+                return r;
+        h->last_used = now_usec();
+        if (h->pos != a->offset)
+                handle_reset(h, a->offset);
+        bool fresh = false;     /* nothing was read since the stream was reset */
+        while (done < a->size) {
+                ssize_t n;
+                s->wait_error = 0;
+                for (;;) {
+                        /* libssh2 keeps four times the buffer it is given requested ahead: a quarter of
+                         * what is left asks for all of it at once, pipelined, and for nothing past it. */
+                        size_t want = a->size - done;
+                        n = libssh2_sftp_read(h->handle, (char *) a->buf + done, MIN((want + 3) / 4, want));
+                        if (n != LIBSSH2_ERROR_EAGAIN)
+                                break;
+                        if (session_wait(s, deadline) < 0) {
+                                n = LIBSSH2_ERROR_TIMEOUT;
+                                break;
+                        }
+                }
+                if (n < 0) {
+                        /* The stream's position is unknown now: seek next time. */
+                        h->pos = UINT64_MAX;
+                        return session_error(s, (int) n, "read");
+                }
+                if (n == 0) {
+                        /* libssh2 1.10 can answer 0 before the end when its pipeline runs dry (a
+                         * request not yet sent heads the queue); short is only allowed at EOF, so
+                         * below the size the file had, ask again on a reset stream, once. */
+                        if (fresh || a->offset + done >= a->file_size)
+                                break;
+                        log_debug("SFTP read of %s: early 0 at %" PRIu64 ", retrying", a->key->path, a->offset + done);
+                        handle_reset(h, a->offset + done);
+                        fresh = true;
+                        continue;
+                }
+                fresh = false;
+                done += (size_t) n;
+                h->pos += (uint64_t) n;
+        }
+        return (ssize_t) done;
+}
+
+static ssize_t sftp_read_remote(SftpOrigin *so, SftpFile *f, void *buf, size_t size, uint64_t offset) {
+        ReadArg a = { .key = f->key, .buf = buf, .size = size, .offset = offset, .file_size = f->size };
+        return sftp_run(so, "read", f->key->path + strlen(so->root), so->timeout_sec, op_read, &a);
+}
+
+static ssize_t sftp_pread(OriginFile *file, void *buf, size_t size, uint64_t offset) {
+        SftpFile *f = (SftpFile *) file;
+        SftpOrigin *so = sftp_origin(file->origin);
+        ssize_t n;
+
+        if (size == 0)
+                return 0;
+        /* A large read goes straight to the caller's buffer. */
+        if (size >= SFTP_READAHEAD)
+                return sftp_read_remote(so, f, buf, size, offset);
+
+        pthread_mutex_lock(&f->lock);
+        if (!(f->ra && offset >= f->ra_off && offset + size <= f->ra_off + f->ra_len) &&
+            !(f->ra && offset >= f->ra_off && offset <= f->ra_off + f->ra_len && f->ra_len < SFTP_READAHEAD)) {
+                /* Not (all) in the buffer, and the buffer does not end at EOF before it: refill. */
+                if (!f->ra) {
+                        f->ra = malloc(SFTP_READAHEAD);
+                        if (!f->ra) {
+                                pthread_mutex_unlock(&f->lock);
+                                return -ENOMEM;
+                        }
+                }
+                f->ra_len = 0;
+                n = sftp_read_remote(so, f, f->ra, SFTP_READAHEAD, offset);
+                if (n < 0) {
+                        pthread_mutex_unlock(&f->lock);
+                        return n;
+                }
+                f->ra_off = offset;
+                f->ra_len = (size_t) n;
+        }
+        size_t avail = (size_t) (f->ra_off + f->ra_len - offset);
+        n = (ssize_t) MIN(size, avail);
+        memcpy(buf, f->ra + (offset - f->ra_off), (size_t) n);
+        pthread_mutex_unlock(&f->lock);
+        return n;
+}
+
+static void sftp_close(OriginFile *file) {
+        SftpFile *f = (SftpFile *) file;
+        /* Sessions that hold a handle for it close that handle the next time they are borrowed. */
+        atomic_store(&f->key->closed, true);
+        file_key_unref(f->key);
+        pthread_mutex_destroy(&f->lock);
+        free(f->ra);
+        free(f);
+}
+
+static ssize_t op_check(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadline) {
+        LIBSSH2_SFTP_ATTRIBUTES attrs;
+        int rc;
+        (void) arg;
+        SSH_CALL(s, deadline, rc, libssh2_sftp_stat_ex(s->sftp, so->root, (unsigned) strlen(so->root),
+                                                       LIBSSH2_SFTP_STAT, &attrs));
+        if (rc != 0)
+                return session_error(s, rc, "stat");
+        if ((attrs.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && !LIBSSH2_SFTP_S_ISDIR(attrs.permissions))
+                return -ENOTDIR;
+        return 0;
+}
+
+static int sftp_check(Origin *o) {
+        SftpOrigin *so = sftp_origin(o);
+        return (int) sftp_run(so, "check", "", MIN(so->timeout_sec, (unsigned) SFTP_CHECK_TIMEOUT_SEC), op_check, NULL);
+}
+
+/* ---- the walk ---------------------------------------------------------------------------------- */
+
+/* Directories are listed whole, then their entries handled, so only one remote directory handle is
+ * open at a time. SFTP has no inode numbers: a directory loop (a symlink to an ancestor) is found by
+ * canonical path, asked of the server (realpath) only for directories reached through a symlink. */
+typedef struct WalkDir {
+        struct WalkDir *parent;
+        char *rel;              /* "" for the walk's start */
+        char *canon;            /* the server's canonical path */
+} WalkDir;
+
+typedef struct WalkEntry {
+        char *name;
+        LIBSSH2_SFTP_ATTRIBUTES attrs;
+} WalkEntry;
+
+typedef struct SftpWalk {
+        SftpOrigin *so;
+        SftpSession *s;
+        origin_walk_fn fn;
+        origin_walk_skipped_fn skipped;
+        void *userdata;
+        unsigned n_unread;
+        WalkDir **dirs;         /* every directory seen, freed at the end */
+        size_t n_dirs;
+        WalkDir **stack;        /* still to list */
+        size_t n_stack;
+} SftpWalk;
+
+static void walk_done(SftpWalk *w) {
+        for (size_t i = 0; i < w->n_dirs; i++) {
+                free(w->dirs[i]->rel);
+                free(w->dirs[i]->canon);
+                free(w->dirs[i]);
+        }
+        free(w->dirs);
+        free(w->stack);
+}
+
+static int walk_add_dir(SftpWalk *w, WalkDir *parent, char *rel, char *canon) {
+        WalkDir *d = calloc(1, sizeof *d);
+        WalkDir **a = reallocarray(w->dirs, w->n_dirs + 1, sizeof *a);
+        WalkDir **st = a ? reallocarray(w->stack, w->n_stack + 1, sizeof *st) : NULL;
+        if (a)
+                w->dirs = a;
+        if (st)
+                w->stack = st;
+        if (!d || !a || !st) {
+                free(d);
+                free(rel);
+                free(canon);
+                return -ENOMEM;
+        }
+        *d = (WalkDir) { .parent = parent, .rel = rel, .canon = canon };
+        w->dirs[w->n_dirs++] = d;
+        w->stack[w->n_stack++] = d;
+        return 0;
+}
+
+static usec_t walk_deadline(SftpWalk *w) {
+        return now_usec() + (usec_t) w->so->timeout_sec * USEC_PER_SEC;
+}
+
+static bool errno_is_gone(int err) {
+        return err == ENOENT || err == ENOTDIR || err == ELOOP;
+}
+
+static int walk_skip(SftpWalk *w, const char *rel, int err) {
+        if (errno_is_gone(err)) {
+                log_warning_errno(err, "Skipping %s/%s (a dangling symlink, or removed while we looked): %m",
+                                  w->so->base.url, rel);
+                return 0;
+        }
+        log_warning_errno(err, "Skipping %s/%s: %m", w->so->base.url, rel);
+        if (w->n_unread < INT_MAX)
+                w->n_unread++;
+        return w->skipped ? w->skipped(rel, -err, w->userdata) : 0;
+}
+
+static int walk_realpath(SftpWalk *w, const char *path, char **ret) {
+        char buf[PATH_MAX];
+        int rc;
+        SSH_CALL(w->s, walk_deadline(w), rc, libssh2_sftp_symlink_ex(w->s->sftp, path, (unsigned) strlen(path), buf,
+                                                                    sizeof buf - 1, LIBSSH2_SFTP_REALPATH));
+        if (rc < 0)
+                return session_error(w->s, rc, "realpath");
+        buf[MIN((size_t) rc, sizeof buf - 1)] = '\0';
+        *ret = strdup(buf);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* Reads the whole directory. */
+static int walk_list(SftpWalk *w, const char *path, WalkEntry **ret, size_t *ret_n) {
+        LIBSSH2_SFTP_HANDLE *dh;
+        WalkEntry *e = NULL;
+        size_t n = 0;
+        int rc, r = 0;
+
+        SSH_CALL_PTR(w->s, walk_deadline(w), dh, libssh2_sftp_open_ex(w->s->sftp, path, (unsigned) strlen(path), 0, 0,
+                                                                      LIBSSH2_SFTP_OPENDIR));
+        if (!dh)
+                return session_error(w->s, libssh2_session_last_errno(w->s->ssh), "opendir");
+        for (;;) {
+                char name[NAME_MAX + 1];
+                LIBSSH2_SFTP_ATTRIBUTES attrs;
+                SSH_CALL(w->s, walk_deadline(w), rc, libssh2_sftp_readdir_ex(dh, name, sizeof name, NULL, 0, &attrs));
+                if (rc == 0)
+                        break;
+                if (rc < 0) {
+                        r = session_error(w->s, rc, "readdir");
+                        break;
+                }
+                if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+                        continue;
+                WalkEntry *a = reallocarray(e, n + 1, sizeof *a);
+                if (!a) {
+                        r = -ENOMEM;
+                        break;
+                }
+                e = a;
+                e[n].name = strdup(name);
+                if (!e[n].name) {
+                        r = -ENOMEM;
+                        break;
+                }
+                e[n++].attrs = attrs;
+        }
+        if (!w->s->broken)
+                SSH_CALL(w->s, walk_deadline(w), rc, libssh2_sftp_close_handle(dh));
+        if (r < 0) {
+                for (size_t i = 0; i < n; i++)
+                        free(e[i].name);
+                free(e);
+                return r;
+        }
+        *ret = e;
+        *ret_n = n;
+        return 0;
+}
+
+static int walk_entry(SftpWalk *w, WalkDir *dir, WalkEntry *e) {
+        _cleanup_free_ char *rel = NULL, *path = NULL;
+        LIBSSH2_SFTP_ATTRIBUTES a = e->attrs;
+        bool via_link = false;
+        int r, rc;
+
+        if (asprintf(&rel, "%s%s%s", dir->rel, dir->rel[0] ? "/" : "", e->name) < 0)
+                return -ENOMEM;
+        path = remote_path(w->so, rel);
+        if (!path)
+                return -ENOMEM;
+
+        if (!(a.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) || LIBSSH2_SFTP_S_ISLNK(a.permissions)) {
+                via_link = true;
+                SSH_CALL(w->s, walk_deadline(w), rc, libssh2_sftp_stat_ex(w->s->sftp, path, (unsigned) strlen(path),
+                                                                          LIBSSH2_SFTP_STAT, &a));
+                if (rc != 0) {
+                        r = session_error(w->s, rc, "stat");
+                        return w->s->broken ? r : walk_skip(w, rel, -r);
+                }
+        }
+        if (!(a.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) || LIBSSH2_SFTP_S_ISREG(a.permissions)) {
+                OriginStat st;
+                origin_stat_from_attrs(&a, &st);
+                return w->fn(rel, &st, w->userdata);
+        }
+        if (LIBSSH2_SFTP_S_ISDIR(a.permissions)) {
+                _cleanup_free_ char *canon = NULL;
+                if (via_link) {
+                        r = walk_realpath(w, path, &canon);
+                        if (r < 0)
+                                return w->s->broken ? r : walk_skip(w, rel, -r);
+                } else if (asprintf(&canon, "%s%s%s", dir->canon, streq_ptr(dir->canon, "/") ? "" : "/", e->name) < 0)
+                        return -ENOMEM;
+                /* Two links to one directory are both listed, as a reader would see them; only a
+                 * directory that is its own ancestor is not entered. */
+                for (WalkDir *p = dir; p; p = p->parent)
+                        if (streq_ptr(p->canon, canon)) {
+                                log_warning("Skipping %s/%s: it leads back to %s%s%s (a directory loop)",
+                                            w->so->base.url, rel, w->so->base.url, p->rel[0] ? "/" : "", p->rel);
+                                return 0;
+                        }
+                return walk_add_dir(w, dir, TAKE_PTR(rel), TAKE_PTR(canon));
+        }
+        log_notice("Skipping %s/%s: not a regular file or directory", w->so->base.url, rel);
+        return 0;
+}
+
+static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, origin_walk_skipped_fn skipped,
+                           void *userdata) {
+        SftpOrigin *so = sftp_origin(o);
+        _cleanup_(walk_done) SftpWalk w = {
+                .so = so,
+                .fn = fn,
+                .skipped = skipped,
+                .userdata = userdata,
+        };
+        _cleanup_free_ char *start = NULL, *rel = NULL, *canon = NULL;
+        int r;
+
+        if (rel_dir[0] && origin_rel_path_check(rel_dir) < 0)
+                return -EINVAL;
+        start = remote_path(so, rel_dir);
+        rel = strdup(rel_dir);
+        if (!start || !rel)
+                return -ENOMEM;
+
+        /* One session for the whole walk; losing it stops the walk (the scanner tries again later). */
+        usec_t deadline = now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC;
+        for (unsigned attempt = 0;; attempt++) {
+                r = pool_borrow(so, deadline, &w.s);
+                if (r >= 0) {
+                        /* OpenSSH's realpath of a missing path can be a plain failure: stat tells. */
+                        StatArg a = { .path = start, .type = LIBSSH2_SFTP_STAT };
+                        r = (int) op_stat(so, w.s, &a, deadline);
+                        if (r >= 0 && (a.attrs.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) &&
+                            !LIBSSH2_SFTP_S_ISDIR(a.attrs.permissions))
+                                r = -ENOTDIR;
+                        if (r >= 0)
+                                r = walk_realpath(&w, start, &canon);
+                        if (r >= 0 || !w.s->broken || attempt > 0)
+                                break;
+                        pool_return(so, w.s);   /* a stale idle session: once more on a new one */
+                        w.s = NULL;
+                        continue;
+                }
+                if (!error_is_transient(r) || attempt > 0 || now_usec() >= deadline)
+                        break;
+        }
+        if (r < 0 || !w.s) {
+                if (w.s)
+                        pool_return(so, w.s);
+                if (rel_dir[0] && errno_is_gone(-r))
+                        return r;
+                return log_error_errno(r, "Failed to open origin directory %s%s%s: %m", o->url, rel_dir[0] ? "/" : "",
+                                       rel_dir);
+        }
+
+        r = walk_add_dir(&w, NULL, TAKE_PTR(rel), TAKE_PTR(canon));
+        while (r >= 0 && w.n_stack > 0) {
+                WalkDir *d = w.stack[--w.n_stack];
+                _cleanup_free_ char *path = remote_path(so, d->rel);
+                WalkEntry *e = NULL;
+                size_t n = 0;
+                if (!path) {
+                        r = -ENOMEM;
+                        break;
+                }
+                r = walk_list(&w, path, &e, &n);
+                if (r < 0) {
+                        if (w.s->broken || !d->parent) {
+                                r = log_error_errno(r, "Failed to list %s%s%s: %m", o->url, d->rel[0] ? "/" : "", d->rel);
+                                if (!d->parent && rel_dir[0] && errno_is_gone(-r))
+                                        r = -ENOENT;
+                                break;
+                        }
+                        r = walk_skip(&w, d->rel, -r);
+                        continue;
+                }
+                for (size_t i = 0; i < n; i++) {
+                        if (r >= 0) {
+                                r = walk_entry(&w, d, &e[i]);
+                                if (r < 0 && w.s->broken)
+                                        log_error_errno(r, "Walk of %s stopped, the connection failed: %m", o->url);
+                        }
+                        free(e[i].name);
+                }
+                free(e);
+        }
+        pool_return(so, w.s);
+        if (r < 0)
+                return error_is_transient(r) ? -EIO : r;
+        return (int) w.n_unread;
+}
+
+static int sftp_walk(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata) {
+        return sftp_walk_under(o, "", fn, skipped, userdata);
+}
+
+/* ---- the origin ----------------------------------------------------------------------------------- */
+
+static void sftp_free(Origin *o) {
+        SftpOrigin *so = sftp_origin(o);
+
+        /* No borrower is left: the last reference is gone. */
+        for (unsigned i = 0; i < so->n_idle; i++)
+                session_free(so->idle[i]);
+        pthread_mutex_destroy(&so->lock);
+        pthread_cond_destroy(&so->cond);
+        free(so->host);
+        free(so->user);
+        free(so->root);
+        free(so->identity_file);
+        free(so->known_hosts);
+        free(so->fingerprint);
+        if (so->default_identities)
+                for (char **k = so->default_identities; *k; k++)
+                        free(*k);
+        free(so->default_identities);
+        free(so);
+}
+
+static const OriginOps sftp_ops = {
+        .kind = "sftp",
+        .stat = sftp_stat,
+        .open = sftp_open,
+        .pread = sftp_pread,
+        .close = sftp_close,
+        .walk = sftp_walk,
+        .walk_under = sftp_walk_under,
+        .check = sftp_check,
+        .free = sftp_free,
+        .own_timeouts = true,   /* every wait is a poll() under the operation's deadline */
+};
+
+static const char *home_dir(void) {
+        const char *h = getenv("HOME");
+        if (h && h[0] == '/')
+                return h;
+        struct passwd *pw = getpwuid(geteuid());
+        return pw && pw->pw_dir ? pw->pw_dir : NULL;
+}
+
+static int strdup_or_null(const char *s, char **ret) {
+        *ret = NULL;
+        if (!s || !s[0])
+                return 0;
+        *ret = strdup(s);
+        return *ret ? 0 : -ENOMEM;
+}
+
+int origin_sftp_new(const char *name, const SftpOriginOptions *opts, unsigned priority, Origin **ret) {
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        const char *home = home_dir();
+        int r;
+
+        if (!name || !name[0] || !opts || !opts->host || !opts->host[0] || !ret)
+                return -EINVAL;
+        if (opts->port > 65535 || opts->pool_size > SFTP_POOL_MAX)
+                return -ERANGE;
+        if (opts->host_key_fingerprint && strncmp(opts->host_key_fingerprint, "SHA256:", 7) != 0)
+                return log_error_errno(EINVAL, "SFTP origin %s: host_key_fingerprint must be \"SHA256:<base64>\" as ssh-keygen -l prints it",
+                                       name);
+        pthread_once(&once, libssh2_init_once);
+
+        SftpOrigin *so = calloc(1, sizeof *so);
+        if (!so)
+                return -ENOMEM;
+        pthread_mutex_init(&so->lock, NULL);
+        pthread_cond_init(&so->cond, NULL);
+        so->base = (Origin) { .ops = &sftp_ops, .priority = priority };
+        so->port = opts->port ?: SFTP_DEFAULT_PORT;
+        so->pool_size = opts->pool_size ?: SFTP_DEFAULT_POOL_SIZE;
+        so->timeout_sec = opts->timeout_sec ?: SFTP_DEFAULT_TIMEOUT_SEC;
+        so->keepalive_sec = opts->keepalive_sec ?: SFTP_DEFAULT_KEEPALIVE_SEC;
+        so->base.timeout_ms = so->timeout_sec * 1000;
+        so->use_agent = opts->use_agent;
+
+        r = -ENOMEM;
+        if (strdup_or_null(name, &so->base.name) < 0 || strdup_or_null(opts->host, &so->host) < 0 ||
+            strdup_or_null(opts->identity_file, &so->identity_file) < 0 ||
+            strdup_or_null(opts->host_key_fingerprint, &so->fingerprint) < 0)
+                goto fail;
+
+        if (opts->user && opts->user[0])
+                so->user = strdup(opts->user);
+        else {
+                struct passwd *pw = getpwuid(geteuid());
+                so->user = strdup(pw && pw->pw_name ? pw->pw_name : "root");
+        }
+        if (!so->user)
+                goto fail;
+
+        /* The root without trailing slashes; "" (the login directory) is ".". */
+        const char *path = opts->path && opts->path[0] ? opts->path : ".";
+        so->root = strdup(path);
+        if (!so->root)
+                goto fail;
+        for (size_t n = strlen(so->root); n > 1 && so->root[n - 1] == '/';)
+                so->root[--n] = '\0';
+
+        if (opts->known_hosts && opts->known_hosts[0])
+                so->known_hosts = strdup(opts->known_hosts);
+        else if (home && asprintf(&so->known_hosts, "%s/.ssh/known_hosts", home) < 0)
+                so->known_hosts = NULL;
+        if (!so->known_hosts && (opts->known_hosts || home))
+                goto fail;
+
+        if (!so->identity_file && home) {
+                static const char *const defaults[] = { "id_ed25519", "id_ecdsa", "id_rsa" };
+                so->default_identities = calloc(ELEMENTSOF(defaults) + 1, sizeof(char *));
+                if (!so->default_identities)
+                        goto fail;
+                for (size_t i = 0, j = 0; i < ELEMENTSOF(defaults); i++)
+                        if (asprintf(&so->default_identities[j++], "%s/.ssh/%s", home, defaults[i]) < 0) {
+                                so->default_identities[--j] = NULL;
+                                goto fail;
+                        }
+        }
+
+        /* Never a password or key: user, host, port and path only. */
+        bool v6 = strchr(so->host, ':');
+        if (asprintf(&so->base.url, "sftp://%s@%s%s%s:%u%s%s", so->user, v6 ? "[" : "", so->host, v6 ? "]" : "",
+                     so->port, so->root[0] == '/' ? "" : "/", so->root) < 0) {
+                so->base.url = NULL;
+                goto fail;
+        }
+
+        *ret = &so->base;
+        return 0;
+
+fail:
+        free(so->base.name);
+        free(so->base.url);
+        sftp_free(&so->base);
+        return r;
+}
