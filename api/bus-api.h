@@ -20,11 +20,13 @@
 #define MUSICFS_ERROR_CATALOG        "org.musicfs.Error.CatalogFailed"
 #define MUSICFS_ERROR_ORIGIN_EXISTS  "org.musicfs.Error.OriginExists"
 #define MUSICFS_ERROR_INVALID_CONFIG "org.musicfs.Error.InvalidConfig"
+#define MUSICFS_ERROR_NO_SUCH_FILE   "org.musicfs.Error.NoSuchFile"     /* Pin/Unpin: not in the tree, not pinned */
+#define MUSICFS_ERROR_CACHE_FULL     "org.musicfs.Error.CacheFull"      /* Pin: would not fit in the budget */
 
 /* Polkit action ids of privileged methods, one per kind of change (policy/org.musicfs.policy). */
 #define MUSICFS_POLKIT_ACTION_MOUNT      "org.musicfs.manager.mount"      /* Mount, Unmount */
 #define MUSICFS_POLKIT_ACTION_ORIGINS    "org.musicfs.manager.origins"    /* AddOrigin, RemoveOrigin, Rescan */
-#define MUSICFS_POLKIT_ACTION_CACHE      "org.musicfs.manager.cache"      /* passthrough, pins, ClearCache */
+#define MUSICFS_POLKIT_ACTION_CACHE      "org.musicfs.manager.cache"      /* passthrough, pins, ClearCache, VerifyCache(repair) */
 #define MUSICFS_POLKIT_ACTION_FAILPOINTS "org.musicfs.manager.failpoints" /* ArmFailpoint, DisarmFailpoint */
 #define MUSICFS_POLKIT_ACTION_RELOAD     "org.musicfs.manager.reload"     /* Reload */
 

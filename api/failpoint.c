@@ -698,6 +698,12 @@ static bool timespec_reached(const struct timespec *now, const struct timespec *
                (now->tv_sec == deadline->tv_sec && now->tv_nsec >= deadline->tv_nsec);
 }
 
+bool failpoint_armed(FailpointId id) {
+        if ((int) id < 0 || id >= _FP_MAX)
+                return false;
+        return atomic_load_explicit(&failpoint_context.points[id].armed, memory_order_relaxed);
+}
+
 int failpoint_eval(FailpointId id) {
         if ((int) id < 0 || id >= _FP_MAX)
                 return 0;

@@ -89,9 +89,13 @@ int failpoint_arm_from_string(const char *s, char **ret_reason);
 
 /* Evaluate: 0 to carry on, or a negative errno the caller must return. May block (sleep, pause). */
 int failpoint_eval(FailpointId id);
+/* Whether the point is armed, without evaluating it: for a fast path that must not skip it. */
+bool failpoint_armed(FailpointId id);
 
 #if MUSICFS_FAILPOINTS
 #define FAILPOINT(id) failpoint_eval(FP_##id)
+#define FAILPOINT_ARMED(id) failpoint_armed(FP_##id)
 #else
 #define FAILPOINT(id) 0
+#define FAILPOINT_ARMED(id) false
 #endif

@@ -75,6 +75,8 @@ int message_value_to_text(sd_bus_message *m, FILE *f);
 /* Verbs, each in verbs-*.c. argv[0] is the verb. */
 int verb_status(Context *c, int argc, char **argv);
 int verb_cache(Context *c, int argc, char **argv);
+/* Whether "cache SUBCOMMAND" changes something (all but stats and verify). */
+bool cache_subcommand_privileged(int argc, char **argv);
 int verb_origins(Context *c, int argc, char **argv);
 int verb_check(Context *c, int argc, char **argv);
 int verb_rescan(Context *c, int argc, char **argv);

@@ -42,7 +42,7 @@ static const Verb verbs[] = {
         { "search",        1, UINT_MAX, OPT_LIMIT,             verb_search        },
         { "pin",           1, 1,        PRIVILEGED,            verb_pin           },
         { "unpin",         1, 1,        PRIVILEGED,            verb_pin           },
-        { "cache",         0, 0,        0,                     verb_cache         },
+        { "cache",         0, 2,        PRIVILEGED,            verb_cache         },  /* but stats, verify */
         { "clear-cache",   0, 0,        PRIVILEGED,            verb_clear_cache   },
         { "failpoint",     1, 3,        PRIVILEGED,            verb_failpoint     },  /* but "list" */
         { "monitor",       0, 0,        0,                     verb_monitor       },
@@ -66,10 +66,14 @@ static void help(void) {
                "                               Add an origin (default: least preferred) and scan it\n"
                "  remove-origin NAME           Remove an origin; its files leave the library\n"
                "  search QUERY... [--limit N]  Search the catalog (default: %u results)\n"
-               "  pin PATH                     Keep PATH (a file or album of the library) in the cache\n"
-               "  unpin PATH                   Let PATH be evicted again\n"
-               "  cache                        Show cache statistics\n"
-               "  clear-cache                  Drop every unpinned chunk from the cache\n"
+               "  cache [stats]                Show cache statistics\n"
+               "  cache clear                  Drop every unpinned chunk from the cache\n"
+               "  cache verify                 Check every cached chunk (exit 1 if any is bad)\n"
+               "  cache repair                 Check every cached chunk and fix what is wrong\n"
+               "  cache pin PATH               Keep PATH (a file or album of the library) in the cache\n"
+               "  cache unpin PATH             Let PATH be evicted again\n"
+               "  pin PATH, unpin PATH, clear-cache\n"
+               "                               The same as cache pin, cache unpin, cache clear\n"
                "  failpoint list               List failpoints: armed actions, times fired\n"
                "  failpoint arm NAME ACTIONS   Arm a failpoint, e.g. arm origin-read '3*return(EIO)'\n"
                "  failpoint disarm NAME        Disarm a failpoint\n"
@@ -79,8 +83,8 @@ static void help(void) {
                "Options:\n"
                "     --user             Talk to a daemon on the session bus (musicfsd --user)\n"
                "     --json             Print JSON: one document, or one per line for monitor and\n"
-               "                        rescan --wait (status, origins, check, cache, search,\n"
-               "                        failpoint list, monitor)\n"
+               "                        rescan --wait (status, origins, check, cache stats,\n"
+               "                        cache verify, cache repair, search, failpoint list, monitor)\n"
                "     --no-legend        Print tables without their header line\n"
                "     --no-ask-password  Do not ask for a password to authorize a change\n"
                "     --wait             With rescan, add-origin: wait until the scan has finished\n"
@@ -225,7 +229,8 @@ int main(int argc, char *argv[]) {
         if (r != EXIT_SUCCESS)
                 return r;
         if ((verb->options & PRIVILEGED) && c.ask_password != 0 &&
-            !(verb->run == verb_failpoint && strcmp(verb_argv[1], "list") == 0)) {
+            !(verb->run == verb_failpoint && strcmp(verb_argv[1], "list") == 0) &&
+            !(verb->run == verb_cache && !cache_subcommand_privileged(verb_argc, verb_argv))) {
                 polkit_agent_open(&agent);
                 /* The answer may wait for a person to type a password: more than the 25 s default. */
                 if (agent > 0)

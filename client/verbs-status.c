@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* status and cache: the Manager's properties and the cache statistics. */
+/* status: the Manager's properties (cache statistics: verbs-cache.c). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
@@ -269,49 +269,5 @@ int verb_status(Context *c, int argc, char **argv) {
                 snprintf(n, sizeof n, "%zu", i.origins.n);
                 print_field(c, "Origins", summary ?: n, NULL);
         }
-        return EXIT_SUCCESS;
-}
-
-int verb_cache(Context *c, int argc, char **argv) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        const char *what = "read the cache statistics";
-        int r;
-
-        r = call_manager(c, what, NULL, "GetCacheStats", &reply, NULL);
-        if (r != EXIT_SUCCESS)
-                return r;
-
-        if (c->json) {
-                JsonWriter w;
-
-                json_writer_init(&w, stdout);
-                r = message_value_to_json(reply, &w);
-                if (r < 0)
-                        return report_bad_reply(what, r);
-                return json_writer_finish(&w) < 0 ? EXIT_DAEMON_FAILED : EXIT_SUCCESS;
-        }
-
-        r = sd_bus_message_enter_container(reply, 'a', "{sv}");
-        if (r < 0)
-                return report_bad_reply(what, r);
-        while ((r = sd_bus_message_enter_container(reply, 'e', "sv")) > 0) {
-                const char *key;
-                _cleanup_free_ char *escaped = NULL;
-
-                r = sd_bus_message_read_basic(reply, 's', &key);
-                if (r < 0)
-                        return report_bad_reply(what, r);
-                escaped = human_escape(key);
-                printf("%16s: ", escaped ?: "");
-                r = message_value_to_text(reply, stdout);
-                if (r < 0)
-                        return report_bad_reply(what, r);
-                putchar('\n');
-                r = sd_bus_message_exit_container(reply);
-                if (r < 0)
-                        return report_bad_reply(what, r);
-        }
-        if (r < 0)
-                return report_bad_reply(what, r);
         return EXIT_SUCCESS;
 }

@@ -42,10 +42,15 @@
 #define BUS_RECONNECT_USEC (1ULL * 1000000ULL)
 /* A FUSE daemon that does not answer statfs() within this is hung or stopped: its mount is stale. */
 #define MOUNT_PROBE_TIMEOUT_USEC (2ULL * 1000000ULL)
-/* D11: each health check runs under its own timeout. */
-#define HEALTH_CHECK_TIMEOUT_USEC (5ULL * 1000000ULL)
+/* D11: each health check runs under its own timeout (health_timeout, 5 s); all origins are checked
+ * every health_interval (30 s), every minute while offline; a DNS failure is checked again sooner. */
+#define HEALTH_CHECK_TIMEOUT_USEC(m) ((uint64_t) (m)->config.health_timeout * 1000000ULL)
+#define HEALTH_OFFLINE_INTERVAL_SEC 60u
+#define HEALTH_DNS_RECHECK_USEC (5ULL * 1000000ULL)
 /* ScanProgress is announced at most this often while the file count moves. */
 #define PROGRESS_INTERVAL_USEC (250ULL * 1000ULL)
+/* CacheBytes is announced at most this often while it moves. */
+#define CACHE_BYTES_INTERVAL_USEC (2ULL * 1000000ULL)
 
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(Template *, template_free);
@@ -200,7 +205,9 @@ static bool origins_equal(const Config *a, const Config *b) {
         for (size_t i = 0; i < a->n_origins; i++) {
                 const OriginConfig *x = &a->origins[i], *y = &b->origins[i];
                 if (!streq_ptr(x->name, y->name) || !streq_ptr(x->kind, y->kind) ||
-                    !streq_ptr(x->path, y->path) || x->priority != y->priority)
+                    !streq_ptr(x->path, y->path) || x->priority != y->priority ||
+                    !streq_ptr(x->watch, y->watch) || x->poll_interval != y->poll_interval ||
+                    !config_sftp_equal(&x->sftp, &y->sftp) || !config_s3_equal(&x->s3, &y->s3))
                         return false;
         }
         return true;
@@ -213,7 +220,8 @@ unsigned manager_config_diff(const Config *old, const Config *new) {
                 changes |= CONFIG_CHANGE_LOG_LEVEL;
         if (!streq_ptr(old->template, new->template))
                 changes |= CONFIG_CHANGE_TEMPLATE;
-        if (old->entry_timeout != new->entry_timeout || old->attr_timeout != new->attr_timeout)
+        if (old->entry_timeout != new->entry_timeout || old->attr_timeout != new->attr_timeout ||
+            old->health_interval != new->health_interval || old->health_timeout != new->health_timeout)
                 changes |= CONFIG_CHANGE_TIMEOUTS;
         if (old->scan_batch != new->scan_batch)
                 changes |= CONFIG_CHANGE_SCAN_BATCH;
@@ -221,12 +229,15 @@ unsigned manager_config_diff(const Config *old, const Config *new) {
                 changes |= CONFIG_CHANGE_MOUNTPOINT;
         if (!streq_ptr(old->cache_dir, new->cache_dir))
                 changes |= CONFIG_CHANGE_CACHE_DIR;
-        if (!origins_equal(old, new))
+        if (!origins_equal(old, new) || old->poll_interval != new->poll_interval)
                 changes |= CONFIG_CHANGE_ORIGINS;
         if (old->user_bus != new->user_bus)
                 changes |= CONFIG_CHANGE_BUS;
         if (old->fuse_threads != new->fuse_threads)
                 changes |= CONFIG_CHANGE_FUSE_THREADS;
+        if (old->cache_budget != new->cache_budget || old->cache_readahead != new->cache_readahead ||
+            old->cache_passthrough != new->cache_passthrough || old->cache_maintenance_sec != new->cache_maintenance_sec)
+                changes |= CONFIG_CHANGE_CACHE;
         return changes;
 }
 
@@ -525,6 +536,7 @@ const char *origin_health_state_to_string(OriginHealthState s) {
 static void managed_origin_free(ManagedOrigin *mo) {
         if (!mo)
                 return;
+        sd_event_source_disable_unref(mo->recheck_source);
         origin_unref(mo->origin);
         free(mo->object_path);
         free(mo->url);
@@ -680,7 +692,385 @@ static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_
         return 0;
 }
 
+/* ---- the chunk cache ---- */
+
+static void manager_update_state(Manager *m);
+static void manager_arm_health_timer(Manager *m);
+
+static unsigned health_interval_sec(const Manager *m, bool offline) {
+        unsigned sec = m->config.health_interval;
+        return offline && sec < HEALTH_OFFLINE_INTERVAL_SEC ? HEALTH_OFFLINE_INTERVAL_SEC : sec;
+}
+static bool manager_cache_verify_abandon(Manager *m);
+
+/* The cache's state callback: any thread, including the loop's own (cache_set_passthrough). */
+static void on_cache_state(void *userdata) {
+        Manager *m = userdata;
+
+        if (m->cache_efd >= 0 && eventfd_write(m->cache_efd, 1) < 0)
+                log_debug_errno(errno, "Failed to wake the event loop for the cache, ignoring: %m");
+}
+
+/* <cache_dir>/cache holds chunks/ and index.mdb, apart from catalog.db and the lock beside it; the
+ * clean-stop marker sits next to that directory, where the cache's own clean-ups never look. */
+static int manager_open_cache(Manager *m) {
+        _cleanup_free_ char *dir = NULL, *index = NULL;
+        int r;
+
+        if (asprintf(&dir, "%s/cache", m->config.cache_dir) < 0 ||
+            asprintf(&index, "%s/index.mdb", dir) < 0 ||
+            asprintf(&m->cache_clean_marker, "%s/cache.clean", m->config.cache_dir) < 0)
+                return log_error_errno(ENOMEM, "Out of memory");
+
+        /* A directory that cannot be made is the cache's to report: it starts in passthrough. */
+        r = mkdir_p(dir, 0755);
+        if (r < 0)
+                log_warning_errno(r, "Failed to create the cache directory %s: %m", dir);
+
+        /* Present: the last run closed the cache; consumed now, so a crash from here on is seen. */
+        bool clean = unlink(m->cache_clean_marker) >= 0;
+        if (!clean && errno != ENOENT)
+                log_debug_errno(errno, "Failed to remove %s, ignoring: %m", m->cache_clean_marker);
+        bool unclean = !clean && access(index, F_OK) >= 0;
+
+        m->cache_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (m->cache_efd < 0)
+                return log_error_errno(errno, "Failed to create an eventfd: %m");
+
+        CacheOptions opts = {
+                .dir = dir,
+                .budget_bytes = m->config.cache_budget,
+                .readahead_tracks = m->config.cache_readahead,
+                .passthrough = m->config.cache_passthrough,
+                .unclean_start = unclean,
+                .maintenance_interval_sec = m->config.cache_maintenance_sec,
+        };
+        uint64_t t0 = now_usec();
+        r = cache_open(&opts, m->origins, on_cache_state, m, &m->cache);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open the chunk cache in %s: %m", dir);
+        log_debug("Opened the chunk cache in %.0f ms%s", (double) (now_usec() - t0) / 1000.0,
+                  unclean ? " (after an unclean stop: index probed)" : "");
+
+        CacheStats st = {};
+        if (cache_get_stats(m->cache, &st) >= 0) {
+                m->cache_passthrough_shown = st.passthrough;
+                m->cache_reason_shown = st.passthrough_reason;
+                m->cache_bytes_shown = st.bytes;
+                if (st.passthrough && st.passthrough_reason != CACHE_PASSTHROUGH_MANUAL)
+                        log_warning("The chunk cache in %s cannot be used (%s): reads go to the origins", dir,
+                                    cache_passthrough_reason_to_string(st.passthrough_reason));
+        }
+        return 0;
+}
+
+/* After the unmount and before the catalog. A VerifyCache still running keeps the cache open (the
+ * process is about to exit): no marker then, and the next start probes the index. */
+static void manager_close_cache(Manager *m) {
+        if (!m->cache)
+                return;
+        if (m->cache_verify && !manager_cache_verify_abandon(m)) {
+                log_warning("A cache verification is still running; leaving the cache to the exit");
+                return;
+        }
+        cache_close(m->cache);
+        m->cache = NULL;
+        if (m->cache_clean_marker) {
+                int fd = open(m->cache_clean_marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+                if (fd < 0)
+                        log_debug_errno(errno, "Failed to write %s, ignoring: %m", m->cache_clean_marker);
+                else {
+                        (void) fsync(fd);
+                        close(fd);
+                }
+        }
+}
+
+/* Loop thread: what the bus shows of the cache follows cache_get_stats(). */
+static void manager_cache_sync(Manager *m, bool bytes_too) {
+        CacheStats st = {};
+        char *changed[3];
+        size_t n = 0;
+
+        /* From the stop on, the stop thread owns the cache (it closes it). */
+        if (m->stopping || !m->cache || cache_get_stats(m->cache, &st) < 0)
+                return;
+
+        if (st.passthrough != m->cache_passthrough_shown || st.passthrough_reason != m->cache_reason_shown) {
+                CachePassthroughReason old = m->cache_reason_shown;
+                const char *reason = cache_passthrough_reason_to_string(st.passthrough_reason);
+
+                if (st.passthrough_reason == CACHE_PASSTHROUGH_NONE)
+                        log_notice("Passthrough is off: reads go through the chunk cache again");
+                else if (st.passthrough_reason == CACHE_PASSTHROUGH_MANUAL)
+                        log_notice("Passthrough is on (switched on): reads bypass the chunk cache");
+                else
+                        log_warning("Passthrough is on: the cache disk failed (%s); reads go to the origins until "
+                                    "it recovers", reason);
+                if (st.passthrough != m->cache_passthrough_shown)
+                        changed[n++] = (char *) "Passthrough";
+                m->cache_passthrough_shown = st.passthrough;
+                m->cache_reason_shown = st.passthrough_reason;
+                if (old != st.passthrough_reason)
+                        manager_update_state(m);
+        }
+        if (bytes_too && st.bytes != m->cache_bytes_shown) {
+                m->cache_bytes_shown = st.bytes;
+                changed[n++] = (char *) "CacheBytes";
+        }
+        changed[n] = NULL;
+        bus_manager_emit_changed_strv(m, changed);
+}
+
+static int on_cache_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+        eventfd_t v;
+
+        (void) eventfd_read(fd, &v);
+        manager_cache_sync(m, true);
+        return 0;
+}
+
+static int on_cache_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        manager_cache_sync(m, true);
+        int r = sd_event_source_set_time_relative(s, CACHE_BYTES_INTERVAL_USEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Failed to re-arm the cache timer; CacheBytes is no longer announced: %m");
+        return 0;
+}
+
+static int manager_watch_cache(Manager *m) {
+        int r;
+
+        if (m->cache_efd < 0)
+                return 0;
+        r = sd_event_add_io(m->event, &m->cache_source, m->cache_efd, EPOLLIN, on_cache_event, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch the cache: %m");
+        r = sd_event_add_time_relative(m->event, &m->cache_timer_source, CLOCK_MONOTONIC, CACHE_BYTES_INTERVAL_USEC, 0,
+                                       on_cache_timer, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the cache timer: %m");
+        return 0;
+}
+
+/* Pins resolve against the published tree (the one FUSE serves). */
+int manager_cache_pin(Manager *m, const char *path) {
+        _cleanup_(tree_unrefp) Tree *tree = tree_store_get(m->trees);
+        int r;
+
+        if (!m->cache)
+                return -EOPNOTSUPP;
+        if (!tree)
+                return -ENOENT;
+        r = cache_pin(m->cache, tree, path);
+        if (r >= 0)
+                log_info("Pinned /%s: its files are fetched and kept for offline use", path);
+        return r;
+}
+
+int manager_cache_unpin(Manager *m, const char *path) {
+        int r;
+
+        if (!m->cache)
+                return -EOPNOTSUPP;
+        r = cache_unpin(m->cache, path);
+        if (r >= 0)
+                log_info("Unpinned /%s", path);
+        return r;
+}
+
+int manager_set_passthrough(Manager *m, bool enabled) {
+        int r;
+
+        if (!m->cache)
+                return -EOPNOTSUPP;
+        r = cache_set_passthrough(m->cache, enabled);
+        if (r < 0)
+                return r;
+        /* The callback has woken the loop too; answering the caller with the bus already showing the
+         * new value is nicer. */
+        manager_cache_sync(m, false);
+        return 0;
+}
+
+/* VerifyCache runs on a short-lived thread of its own; it owns an eventfd the loop watches
+ * (Manager.cache_verify_source, with the call in Manager.cache_verify_call: loop-side, never touched
+ * by the thread). A job that outlives the manager (a stop while it runs) frees itself. */
+struct CacheVerifyJob {
+        pthread_mutex_t lock;
+        bool done, abandoned;           /* under lock */
+        int efd;
+        Cache *cache;
+        bool repair;
+        int result;
+        CacheVerifyResult res;
+        pthread_t thread;
+};
+
+static void cache_verify_job_free(CacheVerifyJob *j) {
+        if (!j)
+                return;
+        if (j->efd >= 0)
+                close(j->efd);
+        pthread_mutex_destroy(&j->lock);
+        free(j);
+}
+
+static void *cache_verify_main(void *userdata) {
+        CacheVerifyJob *j = userdata;
+        uint64_t t0 = now_usec();
+
+        j->result = cache_verify(j->cache, j->repair, &j->res);
+        if (j->result < 0)
+                log_warning_errno(j->result, "Cache %s failed: %m", j->repair ? "repair" : "verification");
+        else
+                log_info("Cache %s in %.1f s: %" PRIu64 " chunks checked, %" PRIu64 " bad, %" PRIu64 " missing, %" PRIu64
+                         " orphans, %" PRIu64 " repaired", j->repair ? "repaired" : "verified",
+                         (double) (now_usec() - t0) / 1e6, j->res.checked, j->res.bad, j->res.missing, j->res.orphans,
+                         j->res.repaired);
+
+        pthread_mutex_lock(&j->lock);
+        j->done = true;
+        bool abandoned = j->abandoned;
+        if (!abandoned && eventfd_write(j->efd, 1) < 0)
+                log_error_errno(errno, "Failed to wake the event loop for the cache verification: %m");
+        pthread_mutex_unlock(&j->lock);
+        if (abandoned)
+                cache_verify_job_free(j);
+        return NULL;
+}
+
+static int on_cache_verify_done(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+        CacheVerifyJob *j = m->cache_verify;
+
+        /* From the stop on, the stop thread owns the job. */
+        if (!j || m->stopping)
+                return 0;
+        m->cache_verify = NULL;
+        (void) pthread_join(j->thread, NULL);
+        bus_manager_reply_verify_cache(m, m->cache_verify_call, j->repair, j->result, &j->res);
+        m->cache_verify_call = sd_bus_message_unref(m->cache_verify_call);
+        m->cache_verify_source = sd_event_source_disable_unref(m->cache_verify_source);
+        if (j->repair)
+                manager_cache_sync(m, true);
+        cache_verify_job_free(j);
+        return 0;
+}
+
+/* At a stop (on the stop thread: the loop's parts stay for manager_free) or free: true when the job
+ * had ended (it is freed), false when it still runs (it frees itself when it ends; its call goes
+ * unanswered, the caller sees the daemon go). */
+static bool manager_cache_verify_abandon(Manager *m) {
+        CacheVerifyJob *j = TAKE_PTR(m->cache_verify);
+
+        pthread_mutex_lock(&j->lock);
+        bool done = j->done;
+        j->abandoned = !done;
+        pthread_mutex_unlock(&j->lock);
+        if (done) {
+                (void) pthread_join(j->thread, NULL);
+                cache_verify_job_free(j);
+                return true;
+        }
+        (void) pthread_detach(j->thread);
+        return false;
+}
+
+int manager_cache_verify(Manager *m, bool repair, sd_bus_message *call) {
+        int r;
+
+        if (!m->cache)
+                return -EOPNOTSUPP;
+        if (m->cache_verify)
+                return -EBUSY;
+
+        CacheVerifyJob *j = calloc(1, sizeof *j);
+        if (!j)
+                return -ENOMEM;
+        pthread_mutex_init(&j->lock, NULL);
+        j->cache = m->cache;
+        j->repair = repair;
+        j->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (j->efd < 0) {
+                r = -errno;
+                cache_verify_job_free(j);
+                return r;
+        }
+        r = sd_event_add_io(m->event, &m->cache_verify_source, j->efd, EPOLLIN, on_cache_verify_done, m);
+        if (r < 0) {
+                cache_verify_job_free(j);
+                return r;
+        }
+        r = -pthread_create(&j->thread, NULL, cache_verify_main, j);
+        if (r < 0) {
+                m->cache_verify_source = sd_event_source_disable_unref(m->cache_verify_source);
+                cache_verify_job_free(j);
+                return log_warning_errno(r, "Failed to start the cache verification: %m");
+        }
+        m->cache_verify_call = sd_bus_message_ref(call);
+        log_info("Cache %s started", repair ? "repair" : "verification");
+        m->cache_verify = j;
+        return 0;
+}
+
 /* ---- startup, steps 1-5 ---- */
+
+/* An [origin] section of kind s3. The secrets pass through here into the origin only. */
+static int manager_origin_s3_new(const OriginConfig *oc, Origin **ret) {
+        _cleanup_free_ char *key_id = NULL, *reason = NULL;
+        char *secret = NULL, *token = NULL;
+        int r;
+
+        r = config_s3_credentials(&oc->s3, &key_id, &secret, &token, &reason);
+        if (r < 0)
+                return reason ? log_error_errno(r, "Origin %s: %s", oc->name, reason) : r;
+        if (!key_id)
+                log_notice("Origin %s: no S3 credentials in its section, a credentials file or the environment; "
+                           "requests go unsigned", oc->name);
+        S3OriginOptions opts = {
+                .endpoint = oc->s3.endpoint,
+                .region = oc->s3.region,
+                .bucket = oc->s3.bucket,
+                .prefix = oc->s3.prefix,
+                .path_style = config_s3_path_style(&oc->s3),
+                .access_key_id = key_id,
+                .secret_access_key = secret,
+                .session_token = token,
+                .timeout_sec = oc->s3.timeout_sec,
+        };
+        r = origin_s3_new(oc->name, &opts, oc->priority, ret);
+        if (secret)
+                explicit_bzero(secret, strlen(secret));
+        if (token)
+                explicit_bzero(token, strlen(token));
+        free(secret);
+        free(token);
+        return r;
+}
+
+/* An [origin] section of kind sftp. Keys stay in their files; only their paths pass here. */
+static int manager_origin_sftp_new(const OriginConfig *oc, Origin **ret) {
+        SftpOriginOptions opts = {
+                .host = oc->sftp.host,
+                .port = oc->sftp.port,
+                .user = oc->sftp.user,
+                .path = oc->path,
+                .identity_file = oc->sftp.identity_file,
+                .use_agent = oc->sftp.agent > 0,
+                .known_hosts = oc->sftp.known_hosts,
+                .host_key_fingerprint = oc->sftp.host_key_fingerprint,
+                .pool_size = oc->sftp.pool_size,
+                .timeout_sec = oc->s3.timeout_sec,     /* the section's timeout key (config-sftp.h) */
+                .keepalive_sec = oc->sftp.keepalive_sec,
+        };
+        return origin_sftp_new(oc->name, &opts, oc->priority, ret);
+}
 
 static int manager_open_origins(Manager *m) {
         int r;
@@ -695,15 +1085,25 @@ static int manager_open_origins(Manager *m) {
                 _cleanup_(managed_origin_freep) ManagedOrigin *mo = NULL;
                 int64_t id;
 
-                if (oc->kind && strcmp(oc->kind, "local") != 0)
+                if (streq_ptr(oc->kind, "s3")) {
+                        r = manager_origin_s3_new(oc, &o);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to set up origin %s: %m", oc->name);
+                } else if (streq_ptr(oc->kind, "sftp")) {
+                        r = manager_origin_sftp_new(oc, &o);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to set up origin %s: %m", oc->name);
+                } else if (oc->kind && strcmp(oc->kind, "local") != 0)
                         return log_error_errno(EOPNOTSUPP, "Origin %s: kind \"%s\" is not supported", oc->name, oc->kind);
 
-                r = catalog_origin_ensure(m->catalog, oc->name, oc->path, oc->priority, &id);
+                r = catalog_origin_ensure(m->catalog, oc->name, o ? o->url : oc->path, oc->priority, &id);
                 if (r < 0)
                         return log_error_errno(r, "Failed to record origin %s in the catalog: %m", oc->name);
-                r = origin_local_new(oc->name, oc->path, oc->priority, &o);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to set up origin %s (%s): %m", oc->name, oc->path);
+                if (!o) {
+                        r = origin_local_new(oc->name, oc->path, oc->priority, &o);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to set up origin %s (%s): %m", oc->name, oc->path);
+                }
                 o->id = id;
                 r = managed_origin_new(o, &mo);
                 if (r < 0)
@@ -790,6 +1190,10 @@ static int manager_startup(Manager *m) {
         if (r < 0)
                 return r;
 
+        r = manager_open_cache(m);
+        if (r < 0)
+                return r;
+
         /* 4. The tree from the catalog; the scan reconciles with the origins later. An unreadable
          * catalog must not keep the library from mounting: start empty and let the scan fill it. */
         _cleanup_(tree_unrefp) Tree *tree = NULL;
@@ -803,7 +1207,17 @@ static int manager_startup(Manager *m) {
                 n_files = 0;
         }
         manager_apply_counts(m, m->counts, m->n_counts, NULL);
+        /* Pins follow the tree: files added under a pinned directory since the last run are fetched. */
+        r = cache_pins_refresh(m->cache, tree);
+        if (r < 0)
+                log_warning_errno(r, "Failed to resolve the pinned paths in the tree, ignoring: %m");
         m->first_scan = m->catalog_rebuilt || n_files == 0;
+        /* A first scan that a crash interrupted goes on showing files as it finds them (2.5). */
+        for (size_t i = 0; !m->first_scan && i < m->n_managed; i++) {
+                bool in_progress = false;
+                if (catalog_scan_in_progress(m->catalog, m->managed[i]->origin->id, &in_progress) >= 0 && in_progress)
+                        m->first_scan = true;
+        }
         m->track_count = tree_track_count(tree);
         atomic_store(&m->published_tracks, m->track_count);
         r = tree_store_new(TAKE_PTR(tree), &m->trees);
@@ -818,6 +1232,8 @@ static int manager_startup(Manager *m) {
                 .attr_timeout = m->config.attr_timeout,
                 .allow_other = geteuid() == 0,
                 .debug = false,
+                .cache = m->cache,
+                .catalog = m->catalog,
         };
         r = fusefs_mount(&opts, m->trees, m->origins, &m->fs);
         if (r < 0)
@@ -845,7 +1261,7 @@ int manager_new(ManagerArgs *args, Manager **ret) {
 
         m->args = *args;
         manager_args_init(args);
-        m->lock_fd = m->worker_efd = m->stop_efd = -1;
+        m->lock_fd = m->worker_efd = m->stop_efd = m->cache_efd = -1;
         m->state = MUSICFS_STATE_STARTING;
         atomic_init(&m->cancel, false);
         atomic_init(&m->scan_cancel, false);
@@ -891,8 +1307,23 @@ static void manager_update_state(Manager *m) {
         for (size_t i = 0; i < m->n_managed; i++)
                 if (m->managed[i]->health == ORIGIN_UNHEALTHY)
                         down++;
-        manager_set_state(m, m->n_managed > 0 && down == m->n_managed ? MUSICFS_STATE_OFFLINE :
-                             down > 0 ? MUSICFS_STATE_DEGRADED : MUSICFS_STATE_READY);
+        /* A cache disk that failed (passthrough for a reason other than the switch) degrades too:
+         * reads still work, but nothing new is kept for offline use. */
+        bool cache_failed = m->cache_reason_shown != CACHE_PASSTHROUGH_NONE &&
+                            m->cache_reason_shown != CACHE_PASSTHROUGH_MANUAL;
+        bool was_offline = streq_ptr(m->state, MUSICFS_STATE_OFFLINE);
+        bool offline = m->n_managed > 0 && down == m->n_managed;
+        manager_set_state(m, offline ? MUSICFS_STATE_OFFLINE :
+                             down > 0 || cache_failed ? MUSICFS_STATE_DEGRADED : MUSICFS_STATE_READY);
+        if (offline == was_offline)
+                return;
+        if (offline)
+                log_warning("Offline: all %zu origin(s) are unhealthy. Cached bytes are still served, other reads "
+                            "fail with EIO (logged once a minute); checking the origins every %u s",
+                            m->n_managed, health_interval_sec(m, true));
+        else
+                log_notice("Back online: %zu of %zu origin(s) are up", m->n_managed - down, m->n_managed);
+        manager_arm_health_timer(m);
 }
 
 /* STATUS= goes out on changes once READY=1 is sent; before that it rides along with READY=1. */
@@ -1097,6 +1528,11 @@ static void worker_rebuild(Manager *m) {
                 fusefs_tree_changed(m->fs, old, published);
         pthread_mutex_unlock(&m->fs_lock);
         tree_unref(old);
+        /* Off the loop: resolving the pins walks the tree. The cache is closed only after this
+         * thread stops. */
+        r = cache_pins_refresh(m->cache, published);
+        if (r < 0)
+                log_warning_errno(r, "Failed to resolve the pinned paths in the new tree, ignoring: %m");
 
         pthread_mutex_lock(&m->lock);
         free(m->counts);
@@ -1145,6 +1581,9 @@ static void worker_process_removals(Manager *m, int64_t skip_id) {
                 int r = catalog_origin_remove(m->catalog, jobs[i].name);
                 if (r == -ENOENT)
                         r = 0;
+                /* Its id may be handed out again: an unfinished scan of it must not look resumable. */
+                if (r >= 0)
+                        (void) catalog_scan_checkpoint_clear(m->catalog, jobs[i].id);
                 if (r < 0)
                         log_warning_errno(r, "Failed to drop the files of removed origin %s from the catalog: %m",
                                           jobs[i].name);
@@ -1278,12 +1717,65 @@ static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
         origin_unref(o);
 }
 
+/* ---- sync: targeted scans of what the watcher reported (daemon/sync/watch.h) ---- */
+
+static void sync_request_done(SyncRequest *q) {
+        for (size_t i = 0; i < q->n_paths; i++)
+                free(q->paths[i]);
+        free(q->paths);
+        *q = (SyncRequest) {};
+}
+
+/* Under m->lock. */
+static void manager_drop_sync_locked(Manager *m, int64_t origin_id) {
+        size_t kept = 0;
+        for (size_t i = 0; i < m->n_sync_queue; i++) {
+                if (m->sync_queue[i].origin_id == origin_id)
+                        sync_request_done(&m->sync_queue[i]);
+                else
+                        m->sync_queue[kept++] = m->sync_queue[i];
+        }
+        m->n_sync_queue = kept;
+}
+
+/* Worker thread: scans the changed paths and, when that changed the catalog, publishes the tree
+ * (which invalidates the kernel's caches of what moved) and announces ScanFinished. */
+static void worker_sync_one(Manager *m, const SyncRequest *q) {
+        Origin *o = origin_set_get_ref(m->origins, q->origin_id);
+        ScanStats st = {};
+        uint64_t t0 = now_usec();
+        int r;
+
+        if (!o)
+                return;
+        /* Only a stop cancels it; a RemoveOrigin waits for it (it is short) and then drops the rows. */
+        ScanHooks hooks = { .cancel = &m->cancel };
+        r = scan_origin_paths(m->catalog, o, (const char *const *) q->paths, q->n_paths, atomic_load(&m->scan_batch),
+                              &hooks, &st);
+        uint64_t changes = st.added + st.changed + st.removed;
+        if (r == -ECANCELED || atomic_load(&m->cancel)) {
+                origin_unref(o);
+                return;
+        }
+        if (r < 0)
+                log_warning_errno(r, "Origin %s: sync of %zu changed paths failed: %m", o->name, q->n_paths);
+        else if (changes > 0)
+                log_info("Origin %s: synced changes in %.0f ms: %" PRIu64 " added, %" PRIu64 " changed, %" PRIu64 " removed",
+                         o->name, (double) (now_usec() - t0) / 1000.0, st.added, st.changed, st.removed);
+        if (changes > 0) {
+                worker_rebuild(m);
+                worker_finished(m, o, r, &st);
+        }
+        origin_unref(o);
+}
+
 static void *worker_main(void *userdata) {
         Manager *m = userdata;
 
         pthread_mutex_lock(&m->lock);
         for (;;) {
-                while (!atomic_load(&m->cancel) && !m->rebuild_requested && m->n_scan_queue == 0 && m->n_removals == 0)
+                while (!atomic_load(&m->cancel) && !m->rebuild_requested && m->n_scan_queue == 0 && m->n_removals == 0 &&
+                       m->n_sync_queue == 0)
                         pthread_cond_wait(&m->wake, &m->lock);
                 if (atomic_load(&m->cancel))
                         break;
@@ -1305,6 +1797,8 @@ static void *worker_main(void *userdata) {
                         m->scans_begun++;
                         uint64_t known = m->scanning_known;
                         atomic_store(&m->scan_cancel, false);
+                        /* The full scan walks after these changes were reported: it covers them. */
+                        manager_drop_sync_locked(m, id);
                         pthread_mutex_unlock(&m->lock);
 
                         worker_scan_one(m, id, known);
@@ -1312,6 +1806,19 @@ static void *worker_main(void *userdata) {
                         pthread_mutex_lock(&m->lock);
                         if (m->n_scan_queue == 0)
                                 m->first_scan = false;
+                        continue;
+                }
+
+                if (m->n_sync_queue > 0) {
+                        SyncRequest q = m->sync_queue[0];
+                        memmove(m->sync_queue, m->sync_queue + 1, (m->n_sync_queue - 1) * sizeof *m->sync_queue);
+                        m->n_sync_queue--;
+                        pthread_mutex_unlock(&m->lock);
+
+                        worker_sync_one(m, &q);
+                        sync_request_done(&q);
+
+                        pthread_mutex_lock(&m->lock);
                         continue;
                 }
 
@@ -1346,6 +1853,128 @@ static int manager_queue_scans(Manager *m, ManagedOrigin *only) {
         pthread_cond_broadcast(&m->wake);
         pthread_mutex_unlock(&m->lock);
         return r;
+}
+
+/* Under m->lock: adds paths to the origin's pending targeted scan. A full scan of it already queued
+ * covers them; a set that grows past the watcher's own bound becomes one. */
+static int manager_queue_sync_locked(Manager *m, int64_t origin_id, const char *const *paths, size_t n_paths) {
+        SyncRequest *q = NULL;
+
+        for (size_t i = 0; i < m->n_scan_queue; i++)
+                if (m->scan_queue[i] == origin_id)
+                        return 0;
+        for (size_t i = 0; i < m->n_sync_queue && !q; i++)
+                if (m->sync_queue[i].origin_id == origin_id)
+                        q = &m->sync_queue[i];
+        if (!q) {
+                SyncRequest *grown = reallocarray(m->sync_queue, m->n_sync_queue + 1, sizeof *grown);
+                if (!grown)
+                        return manager_queue_scan_locked(m, origin_id);
+                m->sync_queue = grown;
+                q = &m->sync_queue[m->n_sync_queue++];
+                *q = (SyncRequest) { .origin_id = origin_id };
+        }
+        if (q->n_paths + n_paths > WATCH_MAX_PENDING_PATHS) {
+                manager_drop_sync_locked(m, origin_id);
+                return manager_queue_scan_locked(m, origin_id);
+        }
+        char **grown = reallocarray(q->paths, q->n_paths + n_paths, sizeof *grown);
+        if (!grown) {
+                manager_drop_sync_locked(m, origin_id);
+                return manager_queue_scan_locked(m, origin_id);
+        }
+        q->paths = grown;
+        for (size_t i = 0; i < n_paths; i++) {
+                q->paths[q->n_paths] = strdup(paths[i]);
+                if (!q->paths[q->n_paths]) {
+                        manager_drop_sync_locked(m, origin_id);
+                        return manager_queue_scan_locked(m, origin_id);
+                }
+                q->n_paths++;
+        }
+        return 0;
+}
+
+/* The watcher's thread: changes become targeted scans, overflows and polls full ones. */
+static void on_watch_report(int64_t origin_id, WatchReport report, const char *const *paths, size_t n_paths,
+                            void *userdata) {
+        Manager *m = userdata;
+        int r = 0;
+
+        /* The watcher logged these; the health check, the watcher's retries or the polls take over. */
+        if (report == WATCH_REPORT_LOST) {
+                pthread_mutex_lock(&m->lock);
+                bool known = false;
+                for (size_t i = 0; i < m->n_watch_lost; i++)
+                        known = known || m->watch_lost[i] == origin_id;
+                int64_t *grown = known ? NULL : reallocarray(m->watch_lost, m->n_watch_lost + 1, sizeof *grown);
+                if (grown) {
+                        m->watch_lost = grown;
+                        m->watch_lost[m->n_watch_lost++] = origin_id;
+                }
+                pthread_mutex_unlock(&m->lock);
+                return;
+        }
+        if (report == WATCH_REPORT_POLLING)
+                return;
+
+        pthread_mutex_lock(&m->lock);
+        if (report == WATCH_REPORT_RESCAN)
+                r = manager_queue_scan_locked(m, origin_id);
+        else
+                r = manager_queue_sync_locked(m, origin_id, paths, n_paths);
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        if (r < 0)
+                log_warning_errno(r, "Failed to queue the scan of a change; Rescan to catch up: %m");
+}
+
+/* Loop thread. The origin's watch mode: its [origin] watch key, else inotify for a local directory,
+ * except on a network or FUSE file system (5.4) and for remote kinds, which are polled. */
+static void manager_watch_origin(Manager *m, const Origin *o) {
+        unsigned interval = m->config.poll_interval;
+        WatchMode mode = WATCH_INOTIFY;
+        bool explicit = false;
+        int r;
+
+        if (m->stopping || !m->watcher)
+                return;
+        for (size_t i = 0; i < m->config.n_origins; i++) {
+                const OriginConfig *oc = &m->config.origins[i];
+                if (!streq_ptr(oc->name, o->name))
+                        continue;
+                if (oc->watch) {
+                        mode = watch_mode_from_string(oc->watch);
+                        explicit = true;
+                }
+                if (oc->poll_interval > 0)
+                        interval = oc->poll_interval;
+        }
+        if (!explicit && strcmp(o->ops->kind, "local") != 0)
+                mode = WATCH_POLL;
+        else if (!explicit && watch_dir_fs_is_remote(o->url) > 0) {
+                log_notice("Origin %s: %s is on a network or FUSE file system, where inotify misses other hosts' "
+                           "changes; polling it every %u s (set watch = inotify to override)", o->name, o->url, interval);
+                mode = WATCH_POLL;
+        }
+        if (mode < 0)
+                mode = WATCH_INOTIFY;
+        r = watcher_add(m->watcher, o->id, o->name, o->url, mode, (uint64_t) (interval ?: 300) * UINT64_C(1000000));
+        if (r < 0)
+                log_warning_errno(r, "Origin %s: cannot watch it for changes; Rescan to catch up: %m", o->name);
+}
+
+static int manager_start_watcher(Manager *m) {
+        WatcherOptions opts = { .report = on_watch_report, .userdata = m };
+        int r;
+
+        r = watcher_new(&opts, &m->watcher);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to start watching origins for changes; only Rescan and restarts "
+                                         "will see them: %m");
+        for (size_t i = 0; i < m->n_managed; i++)
+                manager_watch_origin(m, m->managed[i]->origin);
+        return 0;
 }
 
 int manager_rescan(Manager *m, const char *name) {
@@ -1384,20 +2013,71 @@ static int on_worker_event(sd_event_source *s, int fd, uint32_t revents, void *u
 
 /* ---- adding and removing origins at runtime ---- */
 
-int manager_add_origin(Manager *m, const char *name, const char *dir, unsigned priority, ManagedOrigin **ret) {
-        _cleanup_(origin_freep) Origin *o = NULL;
-        _cleanup_(managed_origin_freep) ManagedOrigin *mo = NULL;
-        int64_t id;
-        int r;
-
+static int manager_add_origin_check(Manager *m, const char *name) {
         if (manager_find_origin(m, name))
                 return -EEXIST;
         /* Its rows are dropped by name; a new origin of that name must not lose its own. */
         for (size_t i = 0; i < m->n_pending_removals; i++)
                 if (streq_ptr(m->pending_removals[i].name, name))
                         return -EBUSY;
+        return 0;
+}
 
+static int manager_add_origin_object(Manager *m, Origin *origin, ManagedOrigin **ret);
+
+int manager_add_origin(Manager *m, const char *name, const char *dir, unsigned priority, ManagedOrigin **ret) {
+        Origin *o = NULL;
+        int r;
+
+        r = manager_add_origin_check(m, name);
+        if (r < 0)
+                return r;
         r = origin_local_new(name, dir, priority, &o);
+        if (r < 0)
+                return r;
+        return manager_add_origin_object(m, o, ret);
+}
+
+int manager_add_s3_origin(Manager *m, const char *name, const OriginS3Config *s3, unsigned priority, ManagedOrigin **ret) {
+        const OriginConfig oc = { .name = (char *) name, .kind = (char *) "s3", .priority = priority, .s3 = *s3 };
+        Origin *o = NULL;
+        int r;
+
+        r = manager_add_origin_check(m, name);
+        if (r < 0)
+                return r;
+        r = manager_origin_s3_new(&oc, &o);
+        if (r < 0)
+                return r;
+        return manager_add_origin_object(m, o, ret);
+}
+
+int manager_add_sftp_origin(Manager *m, const char *name, const OriginSftpConfig *sftp, const char *path,
+                            unsigned priority, ManagedOrigin **ret) {
+        const OriginConfig oc = { .name = (char *) name, .kind = (char *) "sftp", .path = (char *) path,
+                                  .priority = priority, .sftp = *sftp };
+        Origin *o = NULL;
+        int r;
+
+        r = manager_add_origin_check(m, name);
+        if (r < 0)
+                return r;
+        r = manager_origin_sftp_new(&oc, &o);
+        if (r < 0)
+                return r;
+        return manager_add_origin_object(m, o, ret);
+}
+
+/* Takes origin, also on failure. */
+static int manager_add_origin_object(Manager *m, Origin *origin, ManagedOrigin **ret) {
+        _cleanup_(origin_freep) Origin *o = origin;
+        _cleanup_(managed_origin_freep) ManagedOrigin *mo = NULL;
+        const char *name = o->name;
+        unsigned priority = o->priority;
+        int64_t id;
+        int r;
+
+        r = manager_add_origin_check(m, name);
         if (r < 0)
                 return r;
         /* Rows left under this name (an origin configured once, not now) describe another
@@ -1431,6 +2111,7 @@ int manager_add_origin(Manager *m, const char *name, const char *dir, unsigned p
         r = manager_queue_scans(m, added);
         if (r < 0)
                 log_warning_errno(r, "Failed to queue a scan of origin %s; Rescan it: %m", name);
+        manager_watch_origin(m, added->origin);
         if (ret)
                 *ret = added;
         return 0;
@@ -1473,6 +2154,7 @@ int manager_remove_origin(Manager *m, const char *name, sd_bus_message *call) {
                 m->n_scan_queue = kept;
                 if (m->scanning_id == job.id)
                         atomic_store(&m->scan_cancel, true);
+                manager_drop_sync_locked(m, job.id);
                 pthread_cond_broadcast(&m->wake);
         }
         pthread_mutex_unlock(&m->lock);
@@ -1481,6 +2163,8 @@ int manager_remove_origin(Manager *m, const char *name, sd_bus_message *call) {
                 return -ENOMEM;
         }
 
+        if (!m->stopping && m->watcher)
+                (void) watcher_remove(m->watcher, job.id);
         /* InterfacesRemoved needs the object still there. */
         bus_origin_emit_removed(m, mo);
         r = origin_set_remove(m->origins, job.id);
@@ -1619,13 +2303,18 @@ static void *health_check_main(void *userdata) {
         return NULL;
 }
 
-static char *health_error_describe(const ManagedOrigin *mo, int r) {
+static char *health_error_describe(const ManagedOrigin *mo, int r, unsigned timeout_sec) {
+        char buf[64];
         char *s = NULL;
         const char *why;
 
         switch (-r) {
         case ETIMEDOUT:
-                why = "the health check did not finish within 5 s";
+                snprintf(buf, sizeof buf, "the health check did not finish within %u s", timeout_sec);
+                why = buf;
+                break;
+        case EHOSTUNREACH:
+                why = "DNS lookup failed (or no route to the host)";
                 break;
         case ENOENT:
                 why = "the directory is gone";
@@ -1639,6 +2328,34 @@ static char *health_error_describe(const ManagedOrigin *mo, int r) {
         if (asprintf(&s, "%s: %s", mo->url, why) < 0)
                 return NULL;
         return s;
+}
+
+static int on_health_recheck(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        ManagedOrigin *mo = NULL;
+
+        for (size_t i = 0; i < m->n_managed; i++)
+                if (m->managed[i]->recheck_source == s)
+                        mo = m->managed[i];
+        if (mo && !m->stopping)
+                (void) manager_check_origin(m, mo, NULL);
+        return 0;
+}
+
+/* A DNS failure is often a short glitch of the resolver: the origin is checked again after 5 s
+ * rather than at the next round. */
+static void manager_schedule_recheck(Manager *m, ManagedOrigin *mo) {
+        int r;
+
+        if (mo->recheck_source)
+                r = sd_event_source_set_time_relative(mo->recheck_source, HEALTH_DNS_RECHECK_USEC);
+        else
+                r = sd_event_add_time_relative(m->event, &mo->recheck_source, CLOCK_MONOTONIC, HEALTH_DNS_RECHECK_USEC,
+                                               0, on_health_recheck, m);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(mo->recheck_source, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Origin %s: cannot schedule the recheck after a DNS failure: %m", mo->origin->name);
 }
 
 /* D11: a local origin is unhealthy after one failed check, a remote one after three; one success
@@ -1657,7 +2374,7 @@ static void manager_record_check(Manager *m, ManagedOrigin *mo, int r, uint64_t 
         }
 
         if (r < 0) {
-                _cleanup_free_ char *e = health_error_describe(mo, r);
+                _cleanup_free_ char *e = health_error_describe(mo, r, m->config.health_timeout);
                 if (mo->consecutive_failures < UINT32_MAX) {
                         mo->consecutive_failures++;
                         changed[n++] = (char *) "ConsecutiveFailures";
@@ -1682,8 +2399,31 @@ static void manager_record_check(Manager *m, ManagedOrigin *mo, int r, uint64_t 
         if (mo->health != old)
                 changed[n++] = (char *) "Health";
         changed[n] = NULL;
+        /* Readers see it at once: they prefer healthy replicas and give up fast on unhealthy ones. */
+        origin_set_health(mo->origin, mo->health);
+
+        if (r == -EHOSTUNREACH && !m->stopping) {
+                if (mo->consecutive_failures == 1)
+                        log_warning("Origin %s: DNS failure (its host does not resolve or cannot be reached); "
+                                    "checking again in %llu s", mo->origin->name, HEALTH_DNS_RECHECK_USEC / 1000000ULL);
+                manager_schedule_recheck(m, mo);
+        }
 
         bus_origin_emit_changed(m, mo, changed);
+        /* 4.2.4: an origin that answers again gets its watches back if it had lost them (a no-op
+         * otherwise). */
+        bool watcher_rescans = false;
+        if (r >= 0 && !m->stopping && m->watcher) {
+                (void) watcher_reregister(m->watcher, mo->origin->id);
+                pthread_mutex_lock(&m->lock);
+                for (size_t i = 0; i < m->n_watch_lost; i++)
+                        if (m->watch_lost[i] == mo->origin->id) {
+                                m->watch_lost[i] = m->watch_lost[--m->n_watch_lost];
+                                watcher_rescans = true;
+                                break;
+                        }
+                pthread_mutex_unlock(&m->lock);
+        }
         if (mo->health == old)
                 return;
         if (r < 0)
@@ -1694,6 +2434,18 @@ static void manager_record_check(Manager *m, ManagedOrigin *mo, int r, uint64_t 
         bus_manager_emit_origin_health_changed(m, mo->origin->name, origin_health_state_to_string(old),
                                                origin_health_state_to_string(mo->health));
         manager_update_state(m);
+        /* While it was down, changes on it went unseen (failed polls and targeted scans): catch up,
+         * unless the watcher lost its root and rescans it itself once re-registered (above). */
+        if (watcher_rescans && old == ORIGIN_UNHEALTHY && mo->health == ORIGIN_HEALTHY)
+                log_info("Origin %s is back: its watches are registered anew and it is rescanned to catch up",
+                         mo->origin->name);
+        else if (old == ORIGIN_UNHEALTHY && mo->health == ORIGIN_HEALTHY && !m->stopping) {
+                log_info("Origin %s is back: rescanning it to catch up", mo->origin->name);
+                int k = manager_rescan(m, mo->origin->name);
+                if (k < 0)
+                        log_warning_errno(k, "Failed to queue the catch-up rescan of origin %s; Rescan it: %m",
+                                          mo->origin->name);
+        }
 }
 
 static int on_health_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -1706,7 +2458,7 @@ static int on_health_timeout(sd_event_source *s, uint64_t usec, void *userdata) 
         /* It may still end, late: it stays this origin's check so that no second thread piles up on a
          * hung filesystem, but what it finds no longer counts. */
         c->timed_out = true;
-        manager_record_check(m, mo, -ETIMEDOUT, HEALTH_CHECK_TIMEOUT_USEC, realtime_usec());
+        manager_record_check(m, mo, -ETIMEDOUT, HEALTH_CHECK_TIMEOUT_USEC(m), realtime_usec());
         health_check_answer(m, c, mo->origin->name, mo);
         return 0;
 }
@@ -1746,10 +2498,21 @@ int manager_check_origin(Manager *m, ManagedOrigin *mo, sd_bus_message *call) {
 
         if (c && c->timed_out)
                 return 1;
+        /* The last check failed and an operation of the origin still hangs in the kernel (origin.c
+         * gave up on it, D10): another check would only hang beside it. The record stands until
+         * the hung operation ends. */
+        if (!c && mo->consecutive_failures > 0 && origin_stuck_ops(mo->origin) > 0)
+                return call ? 1 : 0;
+        /* call NULL: a periodic check, nobody to answer. */
+        if (!call && c)
+                return 0;
 
-        sd_bus_message **grown = reallocarray(c ? c->waiters : NULL, (c ? c->n_waiters : 0) + 1, sizeof *grown);
-        if (!grown)
-                return -ENOMEM;
+        sd_bus_message **grown = NULL;
+        if (call) {
+                grown = reallocarray(c ? c->waiters : NULL, (c ? c->n_waiters : 0) + 1, sizeof *grown);
+                if (!grown)
+                        return -ENOMEM;
+        }
         if (c) {
                 /* One check at a time per origin: this call gets the answer of the one running. */
                 c->waiters = grown;
@@ -1766,9 +2529,12 @@ int manager_check_origin(Manager *m, ManagedOrigin *mo, sd_bus_message *call) {
         c->origin_id = mo->origin->id;
         c->manager = m;
         c->waiters = grown;
-        c->waiters[c->n_waiters++] = sd_bus_message_ref(call);
+        if (call)
+                c->waiters[c->n_waiters++] = sd_bus_message_ref(call);
 
-        r = sd_event_add_time_relative(m->event, &c->timeout_source, CLOCK_MONOTONIC, HEALTH_CHECK_TIMEOUT_USEC, 0,
+        /* Accuracy 1 µs, not sd-event's default 250 ms: the check must count as failed at its timeout,
+         * before the origin's own operation timeout (D10, as long for a local origin) answers it. */
+        r = sd_event_add_time_relative(m->event, &c->timeout_source, CLOCK_MONOTONIC, HEALTH_CHECK_TIMEOUT_USEC(m), 1,
                                        on_health_timeout, c);
         if (r < 0) {
                 health_check_free(c);
@@ -1789,6 +2555,37 @@ int manager_check_origin(Manager *m, ManagedOrigin *mo, sd_bus_message *call) {
         }
         mo->check = c;
         return 0;
+}
+
+/* D11: every origin is checked every health_interval, every minute while offline, each check on its
+ * own thread under its own timeout; an origin whose check still runs (or hangs) is not checked twice. */
+static int on_health_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        if (m->stopping)
+                return 0;
+        for (size_t i = 0; i < m->n_managed; i++)
+                (void) manager_check_origin(m, m->managed[i], NULL);
+        manager_arm_health_timer(m);
+        return 0;
+}
+
+/* (Re)starts the round from now: at startup, after a round, and when offline begins or ends. */
+static void manager_arm_health_timer(Manager *m) {
+        int r;
+
+        if (m->stopping || !m->event)
+                return;
+        uint64_t usec = (uint64_t) health_interval_sec(m, streq_ptr(m->state, MUSICFS_STATE_OFFLINE)) * 1000000ULL;
+        if (m->health_timer_source)
+                r = sd_event_source_set_time_relative(m->health_timer_source, usec);
+        else
+                r = sd_event_add_time_relative(m->event, &m->health_timer_source, CLOCK_MONOTONIC, usec, 0,
+                                               on_health_timer, m);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->health_timer_source, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error_errno(r, "Failed to schedule the periodic health checks: %m");
 }
 
 /* ---- mounting and unmounting at runtime ---- */
@@ -1841,6 +2638,8 @@ int manager_mount(Manager *m, const char *mountpoint) {
                 .attr_timeout = m->config.attr_timeout,
                 .allow_other = geteuid() == 0,
                 .debug = false,
+                .cache = m->cache,
+                .catalog = m->catalog,
         };
         r = fusefs_mount(&opts, m->trees, m->origins, &fs);
         if (r < 0)
@@ -1929,6 +2728,8 @@ static void *stopper_main(void *userdata) {
         Manager *m = userdata;
         uint64_t t0 = now_usec();
 
+        /* The loop stopped calling it when m->stopping was set, before this thread started. */
+        watcher_free(TAKE_PTR(m->watcher));
         manager_stop_worker(m);
         /* Lets tests make the drain slow (sleep, pause) to reach the deadline or a second signal.
          * An error cannot stop a stop. */
@@ -1938,10 +2739,11 @@ static void *stopper_main(void *userdata) {
         uint64_t t1 = now_usec();
         fusefs_stop(m->fs);
         m->fs = NULL;
+        manager_close_cache(m);
         uint64_t t2 = now_usec();
         catalog_close(m->catalog);
         m->catalog = NULL;
-        log_debug("Stopped the scan in %.0f ms, FUSE in %.0f ms, closed the catalog in %.0f ms",
+        log_debug("Stopped the scan in %.0f ms, FUSE and the cache in %.0f ms, closed the catalog in %.0f ms",
                   (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0, (double) (now_usec() - t2) / 1000.0);
 
         if (eventfd_write(m->stop_efd, 1) < 0)
@@ -2043,6 +2845,13 @@ int manager_reload(Manager *m, char **ret_error) {
         if (changes & CONFIG_CHANGE_FUSE_THREADS)
                 log_warning("fuse_threads changed (%u -> %u): needs a restart, keeping %u",
                             m->config.fuse_threads, new.fuse_threads, m->config.fuse_threads);
+        if (changes & CONFIG_CHANGE_CACHE)
+                log_warning("[cache] changed (budget %" PRIu64 " -> %" PRIu64 " bytes, readahead %u -> %u, "
+                            "passthrough %s -> %s, maintenance_interval %u -> %u s): needs a restart, keeping the "
+                            "running cache (SetPassthrough switches passthrough at runtime)",
+                            m->config.cache_budget, new.cache_budget, m->config.cache_readahead, new.cache_readahead,
+                            m->config.cache_passthrough ? "yes" : "no", new.cache_passthrough ? "yes" : "no",
+                            m->config.cache_maintenance_sec, new.cache_maintenance_sec);
 
         if (changes & CONFIG_CHANGE_LOG_LEVEL) {
                 log_info("log_level changed: %s -> %s", log_level_to_string(m->config.log_level),
@@ -2055,13 +2864,22 @@ int manager_reload(Manager *m, char **ret_error) {
                 m->config.scan_batch = new.scan_batch;
                 atomic_store(&m->scan_batch, new.scan_batch);
         }
-        if (changes & CONFIG_CHANGE_TIMEOUTS) {
+        if ((changes & CONFIG_CHANGE_TIMEOUTS) &&
+            (m->config.entry_timeout != new.entry_timeout || m->config.attr_timeout != new.attr_timeout)) {
                 log_info("entry_timeout/attr_timeout changed: %u/%u -> %u/%u s (for entries looked up from now on)",
                          m->config.entry_timeout, m->config.attr_timeout, new.entry_timeout, new.attr_timeout);
                 m->config.entry_timeout = new.entry_timeout;
                 m->config.attr_timeout = new.attr_timeout;
                 if (m->fs)
                         fusefs_set_timeouts(m->fs, new.entry_timeout, new.attr_timeout);
+        }
+        if ((changes & CONFIG_CHANGE_TIMEOUTS) && (m->config.health_interval != new.health_interval ||
+                                                   m->config.health_timeout != new.health_timeout)) {
+                log_info("health_interval/health_timeout changed: %u/%u -> %u/%u s (from the next round of checks)",
+                         m->config.health_interval, m->config.health_timeout, new.health_interval, new.health_timeout);
+                m->config.health_interval = new.health_interval;
+                m->config.health_timeout = new.health_timeout;
+                manager_arm_health_timer(m);
         }
         if (changes & CONFIG_CHANGE_TEMPLATE) {
                 log_info("template changed: \"%s\" -> \"%s\", rebuilding the tree", m->config.template, new.template);
@@ -2370,12 +3188,17 @@ static int manager_setup_loop(Manager *m) {
         if (r < 0)
                 return log_error_errno(r, "Failed to watch an eventfd: %m");
 
+        r = manager_watch_cache(m);
+        if (r < 0)
+                return r;
+
         r = health_queue_new(&m->health_queue);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up health checks: %m");
         r = sd_event_add_io(m->event, &m->health_source, m->health_queue->efd, EPOLLIN, on_health_event, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch health checks: %m");
+        manager_arm_health_timer(m);
         return 0;
 }
 
@@ -2388,6 +3211,9 @@ int manager_run(Manager *m) {
         r = manager_connect_bus(m);
         if (r < 0)
                 return 1;
+
+        /* Watch before the first scans walk: a change lands in one or the other. */
+        (void) manager_start_watcher(m);
 
         /* Reconcile every origin with the catalog, in priority order. */
         r = manager_queue_scans(m, NULL);
@@ -2416,9 +3242,11 @@ void manager_free(Manager *m) {
 
         if (m->stopper_started)
                 pthread_join(m->stopper, NULL);
+        watcher_free(TAKE_PTR(m->watcher));
         manager_stop_worker(m);
         fusefs_stop(m->fs);
         m->fs = NULL;
+        manager_close_cache(m);
 
         /* Health checks still running free themselves when they end; those that ended are ours. */
         HealthCheck *done = NULL;
@@ -2447,7 +3275,12 @@ void manager_free(Manager *m) {
         sd_event_source_disable_unref(m->stop_deadline_source);
         sd_event_source_disable_unref(m->reconnect_source);
         sd_event_source_disable_unref(m->health_source);
+        sd_event_source_disable_unref(m->health_timer_source);
         sd_event_source_disable_unref(m->progress_source);
+        sd_event_source_disable_unref(m->cache_source);
+        sd_event_source_disable_unref(m->cache_timer_source);
+        sd_event_source_disable_unref(m->cache_verify_source);
+        sd_bus_message_unref(m->cache_verify_call);
         for (size_t i = 0; i < m->n_pending_removals; i++) {
                 sd_bus_message_unref(m->pending_removals[i].call);
                 free(m->pending_removals[i].name);
@@ -2474,6 +3307,8 @@ void manager_free(Manager *m) {
 
         closep(&m->worker_efd);
         closep(&m->stop_efd);
+        closep(&m->cache_efd);
+        free(m->cache_clean_marker);
         closep(&m->lock_fd);
         pthread_mutex_destroy(&m->lock);
         pthread_mutex_destroy(&m->fs_lock);
@@ -2485,6 +3320,10 @@ void manager_free(Manager *m) {
         free(m->emitted_origin);
         free(m->counts);
         free(m->scan_queue);
+        free(m->watch_lost);
+        for (size_t i = 0; i < m->n_sync_queue; i++)
+                sync_request_done(&m->sync_queue[i]);
+        free(m->sync_queue);
         for (size_t i = 0; i < m->n_removals; i++)
                 free(m->removals[i].name);
         free(m->removals);

@@ -23,12 +23,14 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "cache.h"
 #include "catalog.h"
 #include "config.h"
 #include "fs.h"
 #include "origin.h"
 #include "template.h"
 #include "tree.h"
+#include "watch.h"
 
 /* What the command line asked for; kept so that SIGHUP re-reads the same sources. */
 typedef struct ManagerArgs {
@@ -64,7 +66,8 @@ typedef enum ConfigChange {
         CONFIG_CHANGE_ORIGINS       = 1 << 10,
         CONFIG_CHANGE_BUS           = 1 << 11,
         CONFIG_CHANGE_FUSE_THREADS  = 1 << 12,
-        CONFIG_CHANGE_COLD          = 0x1f << 8,
+        CONFIG_CHANGE_CACHE         = 1 << 13,  /* [cache]: the cache takes its options at open */
+        CONFIG_CHANGE_COLD          = 0x3f << 8,
 } ConfigChange;
 unsigned manager_config_diff(const Config *old, const Config *new);
 
@@ -77,14 +80,9 @@ typedef struct Manager Manager;
 typedef struct HealthCheck HealthCheck;
 typedef struct HealthQueue HealthQueue;
 typedef struct PolkitRegistry PolkitRegistry;
+typedef struct CacheVerifyJob CacheVerifyJob;
 
-/* D11: an origin is healthy, degraded (failing, not yet past its threshold) or unhealthy. */
-typedef enum OriginHealthState {
-        ORIGIN_HEALTHY,
-        ORIGIN_DEGRADED,
-        ORIGIN_UNHEALTHY,
-        _ORIGIN_HEALTH_MAX,
-} OriginHealthState;
+/* OriginHealthState (D11) is in origin.h: readers share the manager's view of it. */
 const char *origin_health_state_to_string(OriginHealthState s);   /* MUSICFS_HEALTH_* */
 
 /* One configured origin as the loop sees it: the bus object /org/musicfs/Manager/origin/<name> and
@@ -100,6 +98,7 @@ typedef struct ManagedOrigin {
         char *last_error;               /* NULL: none */
         uint64_t track_count;           /* its files in the catalog, as of the last tree */
         HealthCheck *check;             /* the check in flight, NULL when none */
+        sd_event_source *recheck_source;        /* D11: the sooner recheck after a DNS failure */
 } ManagedOrigin;
 
 /* A RemoveOrigin call waiting for the worker to drop the origin's rows and publish the tree. */
@@ -116,6 +115,13 @@ typedef struct ScanFinished {
         int result;                     /* 0, or the negative errno the scan failed with */
         uint64_t added, changed, removed;
 } ScanFinished;
+
+/* Changed paths of one origin that the watcher reported, for a targeted scan (sync, issue #6). */
+typedef struct SyncRequest {
+        int64_t origin_id;
+        char **paths;
+        size_t n_paths;
+} SyncRequest;
 
 typedef struct OriginCount {
         int64_t origin_id;
@@ -137,6 +143,8 @@ struct Manager {
         bool catalog_rebuilt;
         OriginSet *origins;
         TreeStore *trees;
+        Cache *cache;                   /* thread-safe; opened before the mount, closed after it */
+        char *cache_clean_marker;       /* "<cache_dir>/cache.clean": written after a clean close */
         FuseFs *fs;                     /* NULL while unmounted; the worker reads it under fs_lock */
         char *mountpoint;               /* where fs is mounted; NULL while unmounted */
         pthread_mutex_t fs_lock;
@@ -153,6 +161,7 @@ struct Manager {
         sd_event_source *stop_deadline_source;
         sd_event_source *reconnect_source;
         sd_event_source *health_source;
+        sd_event_source *health_timer_source;   /* D11: the periodic checks of every origin */
         sd_event_source *progress_source;       /* the deferred ScanProgress emission */
         uint64_t watchdog_usec;
 
@@ -190,6 +199,12 @@ struct Manager {
         bool first_scan;                /* the catalog had nothing: publish while scanning */
         int64_t *scan_queue;            /* under lock: origin ids to scan, in order */
         size_t n_scan_queue;
+        SyncRequest *sync_queue;        /* under lock: changed paths to scan, one entry per origin */
+        size_t n_sync_queue;
+        Watcher *watcher;               /* change detection; the loop's (NULL once stopping) */
+        int64_t *watch_lost;            /* under lock: origins whose root the watcher lost: it rescans
+                                         * them itself once re-registered, so no catch-up scan is queued */
+        size_t n_watch_lost;
         int64_t scanning_id;            /* under lock: the origin being scanned, 0 when none */
         uint64_t scanning_known;        /* under lock: its files in the catalog before the scan */
         uint64_t scans_begun;           /* under lock: scans started so far, and the last one's origin */
@@ -208,6 +223,18 @@ struct Manager {
         atomic_uint scan_batch;
         atomic_uint_fast64_t published_tracks;
         atomic_uint_fast64_t scan_files;        /* files seen so far in the origin being scanned */
+
+        /* The cache as the bus shows it (loop thread). cache_efd is written by the cache's state
+         * callback (any thread); a timer re-reads the byte count every few seconds. */
+        int cache_efd;
+        sd_event_source *cache_source;
+        sd_event_source *cache_timer_source;
+        bool cache_passthrough_shown;
+        CachePassthroughReason cache_reason_shown;
+        uint64_t cache_bytes_shown;
+        CacheVerifyJob *cache_verify;   /* the VerifyCache in flight, NULL when none */
+        sd_event_source *cache_verify_source;   /* its eventfd; loop thread (freed in manager_free) */
+        sd_bus_message *cache_verify_call;      /* the call it answers */
 
         /* The stop thread. */
         pthread_t stopper;
@@ -240,16 +267,32 @@ int manager_unmount(Manager *m, bool force);
 /* A local origin at an absolute directory, scanned at once. -EEXIST: the name is taken; -EBUSY: an
  * origin of that name is still being removed; -ENOENT/-ENOTDIR/-EACCES...: the directory. */
 int manager_add_origin(Manager *m, const char *name, const char *dir, unsigned priority, ManagedOrigin **ret);
+/* The same for an S3 origin (AddOrigin with an s3:// URL); credentials from the daemon's environment. */
+int manager_add_s3_origin(Manager *m, const char *name, const OriginS3Config *s3, unsigned priority, ManagedOrigin **ret);
+/* An SFTP origin from AddOrigin's URL: sftp (host, user, port) and path; the rest are defaults. */
+int manager_add_sftp_origin(Manager *m, const char *name, const OriginSftpConfig *sftp, const char *path,
+                            unsigned priority, ManagedOrigin **ret);
 /* Takes the origin out at once (readers stop finding it; readers that hold it finish), then has the
  * worker drop its rows and publish the tree; call (referenced) is answered through
  * bus_manager_reply_remove_origin() when that is done. -ENXIO: unknown. */
 int manager_remove_origin(Manager *m, const char *name, sd_bus_message *call);
 /* Runs origin_check() off the loop, under a timeout. 0: call (referenced) is answered through
  * bus_manager_reply_check_origin() when the check ends; 1: a check of this origin hangs past its
- * timeout, answer now with the current state. */
+ * timeout (or, after a failed check, one of its operations still hangs), answer now with the
+ * current state. call NULL: a periodic check (D11), answered to nobody;
+ * a no-op while one runs. */
 int manager_check_origin(Manager *m, ManagedOrigin *mo, sd_bus_message *call);
 /* Queues a scan of one origin (NULL or "": all). -ENXIO: unknown. */
 int manager_rescan(Manager *m, const char *name);
+/* The cache behind the bus (loop thread). Paths are relative to the mountpoint ("" is everything).
+ * Pin: -ENOENT unknown path, -ENOSPC over the budget; Unpin: -ENOENT not pinned. */
+int manager_cache_pin(Manager *m, const char *path);
+int manager_cache_unpin(Manager *m, const char *path);
+int manager_set_passthrough(Manager *m, bool enabled);
+/* Runs cache_verify() off the loop. 0: call (referenced) is answered through
+ * bus_manager_reply_verify_cache() when it ends; -EBUSY: a verification runs already. */
+int manager_cache_verify(Manager *m, bool repair, sd_bus_message *call);
+
 /* Re-reads the configuration like SIGHUP. -EINVAL/-ENOENT with "FILE:LINE: reason" in *ret_error;
  * the running configuration is kept then. */
 int manager_reload(Manager *m, char **ret_error);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -11,13 +12,12 @@
 #include "failpoint.h"
 #include "log.h"
 #include "polkit.h"
+#include "search.h"
 
 /* Sanity bounds on what callers send: anything beyond is a mistake or an attack, refused with a
  * sentence rather than passed on. */
 #define ORIGIN_NAME_MAX 64
 #define ORIGIN_PRIORITY_MAX 1000000u
-#define SEARCH_QUERY_MAX 1024
-#define SEARCH_LIMIT_MAX 10000u
 /* How much of a caller's string an error message repeats. */
 #define ECHO_MAX 200
 
@@ -151,22 +151,23 @@ static int property_get_state(sd_bus *bus, const char *path, const char *interfa
 
 static int property_get_passthrough(sd_bus *bus, const char *path, const char *interface, const char *property,
                                     sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        /* There is no cache to pass through yet: every read already goes to the origins. */
-        return sd_bus_message_append(reply, "b", 0);
+        Manager *m = userdata;
+        /* While stopping, the stop thread closes the cache: show what was last seen. */
+        if (m->stopping || !m->cache)
+                return sd_bus_message_append(reply, "b", m->cache_passthrough_shown);
+        return sd_bus_message_append(reply, "b", cache_passthrough(m->cache));
 }
 
-static int passthrough_not_supported(sd_bus_error *error) {
-        return sd_bus_error_set(error, MUSICFS_ERROR_NOT_SUPPORTED,
-                                "Passthrough cannot be switched: this musicfsd has no chunk cache yet, "
-                                "so every read already goes to the origins.");
+static int cache_not_open(sd_bus_error *error) {
+        return sd_bus_error_set(error, MUSICFS_ERROR_NOT_SUPPORTED, "The chunk cache is not open.");
 }
 
 /* Never reached in practice: on_manager_message() answers Set of Passthrough first, because a setter
  * cannot wait for polkit (sd-bus replies as soon as it returns). Kept so the property is writable in
- * the introspection data and so that a Set that slipped past is still refused. */
+ * the introspection data; a Set that slipped past unauthorized is refused. */
 static int property_set_passthrough(sd_bus *bus, const char *path, const char *interface, const char *property,
                                     sd_bus_message *value, void *userdata, sd_bus_error *error) {
-        return passthrough_not_supported(error);
+        return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Passthrough is switched through SetPassthrough.");
 }
 
 static int property_get_mount_point(sd_bus *bus, const char *path, const char *interface, const char *property,
@@ -181,10 +182,19 @@ static int property_get_track_count(sd_bus *bus, const char *path, const char *i
         return sd_bus_message_append(reply, "t", m->track_count);
 }
 
-static int property_get_zero(sd_bus *bus, const char *path, const char *interface, const char *property,
-                             sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        /* CacheBytes, CacheBudget: no cache yet. */
-        return sd_bus_message_append(reply, "t", UINT64_C(0));
+/* CacheBytes, CacheBudget. */
+static int property_get_cache_size(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        CacheStats st = { .bytes = m->cache_bytes_shown, .budget = m->config.cache_budget };
+
+        /* While stopping, the stop thread closes the cache: show what was last seen. */
+        if (m->cache && !m->stopping) {
+                int r = cache_get_stats(m->cache, &st);
+                if (r < 0)
+                        return sd_bus_error_set_errnof(error, r, "Failed to read the cache statistics: %m");
+        }
+        return sd_bus_message_append(reply, "t", strcmp(property, "CacheBudget") == 0 ? st.budget : st.bytes);
 }
 
 static int property_get_scan_progress(sd_bus *bus, const char *path, const char *interface, const char *property,
@@ -407,11 +417,56 @@ static int method_add_origin(sd_bus_message *message, void *userdata, sd_bus_err
         r = parse_origin_url(url, &dir, &remote, error);
         if (r < 0)
                 return r;
+        _cleanup_(config_s3_done) OriginS3Config s3 = { .path_style = -1 };
+        if (streq_ptr(remote, "s3")) {
+                _cleanup_free_ char *reason = NULL;
+                r = config_s3_from_url(url, &s3, &reason);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS, "Bad s3:// origin URL: %s.",
+                                                 strna(reason));
+        }
+        _cleanup_(config_sftp_done) OriginSftpConfig sftp = { .agent = -1 };
+        _cleanup_free_ char *sftp_path = NULL;
+        if (streq_ptr(remote, "sftp")) {
+                _cleanup_free_ char *reason = NULL;
+                r = config_sftp_from_url(url, &sftp, &sftp_path, &reason);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS,
+                                                 "Bad sftp:// origin URL: %s (expected sftp://[user@]host[:port]/absolute/directory; "
+                                                 "identity file, agent, known_hosts and the rest need an [origin] section).",
+                                                 strna(reason));
+        }
 
         r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_ORIGINS, error);
         if (r <= 0)
                 return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
 
+        if (streq_ptr(remote, "s3")) {
+                r = manager_add_s3_origin(m, name, &s3, priority, &mo);
+                if (r == -EEXIST)
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_ORIGIN_EXISTS, "There is an origin named \"%s\" already.", name);
+                if (r == -EBUSY)
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_BUSY,
+                                                 "Origin \"%s\" is still being removed; add it again when that is done.", name);
+                if (r < 0)
+                        return sd_bus_error_set_errnof(error, r, "Failed to add S3 origin %s: %m", name);
+                return sd_bus_reply_method_return(message, "o", mo->object_path);
+        }
+        if (streq_ptr(remote, "sftp")) {
+                r = manager_add_sftp_origin(m, name, &sftp, sftp_path, priority, &mo);
+                if (r == -EEXIST)
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_ORIGIN_EXISTS, "There is an origin named \"%s\" already.", name);
+                if (r == -EBUSY)
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_BUSY,
+                                                 "Origin \"%s\" is still being removed; add it again when that is done.", name);
+                if (r < 0)
+                        return sd_bus_error_set_errnof(error, r, "Failed to add SFTP origin %s: %m", name);
+                return sd_bus_reply_method_return(message, "o", mo->object_path);
+        }
         if (remote)
                 return sd_bus_error_setf(error, MUSICFS_ERROR_NOT_SUPPORTED,
                                          "%s origins are not supported yet: this musicfsd has local origins only.", remote);
@@ -567,6 +622,23 @@ static int method_rescan(sd_bus_message *message, void *userdata, sd_bus_error *
 
 /* ---- capabilities of later issues ---- */
 
+/* ---- the chunk cache ---- */
+
+/* SetPassthrough and Set of the Passthrough property, once authorized. */
+static int set_passthrough(Manager *m, bool enabled, sd_bus_error *error) {
+        int r;
+
+        if (!m->cache)
+                return cache_not_open(error);
+        r = refuse_while_stopping(m, error);
+        if (r < 0)
+                return r;
+        r = manager_set_passthrough(m, enabled);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Failed to turn passthrough %s: %m", enabled ? "on" : "off");
+        return 0;
+}
+
 static int method_set_passthrough(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         int enabled, r;
@@ -574,15 +646,26 @@ static int method_set_passthrough(sd_bus_message *message, void *userdata, sd_bu
         r = sd_bus_message_read(message, "b", &enabled);
         if (r < 0)
                 return r;
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
+        r = set_passthrough(m, enabled, error);
         if (r < 0)
                 return r;
-        if (r == 0)
-                return 1;
-        return passthrough_not_supported(error);
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+typedef struct SearchResults {
+        SearchResult *r;
+        size_t n;
+} SearchResults;
+
+static void search_results_freep(SearchResults *s) {
+        search_results_free(s->r, s->n);
 }
 
 static int method_search(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
         const char *query;
         uint32_t limit;
         int r;
@@ -590,19 +673,86 @@ static int method_search(sd_bus_message *message, void *userdata, sd_bus_error *
         r = sd_bus_message_read(message, "su", &query, &limit);
         if (r < 0)
                 return r;
-        if (isempty(query))
-                return sd_bus_error_set(error, MUSICFS_ERROR_INVALID_ARGS, "The search query is empty.");
-        if (strlen(query) > SEARCH_QUERY_MAX)
-                return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS, "The search query is longer than %d bytes.",
-                                         SEARCH_QUERY_MAX);
         if (limit == 0 || limit > SEARCH_LIMIT_MAX)
                 return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS,
                                          "Limit %u is out of range; expected 1 to %u results.", limit, SEARCH_LIMIT_MAX);
-        return sd_bus_error_set(error, MUSICFS_ERROR_NOT_SUPPORTED,
-                                "Search is not available yet: this musicfsd has no full-text index.");
+
+        /* The stop thread closes the catalog; it starts only after stopping is set, on this thread. */
+        r = refuse_while_stopping(m, error);
+        if (r < 0)
+                return r;
+
+        /* On the loop thread: a search takes milliseconds (bench/README.md, Search) on the catalog's
+         * own read-only search connection, which never waits for a scan's batch. */
+        _cleanup_(search_results_freep) SearchResults results = {};
+        _cleanup_free_ char *reason = NULL;
+        Tree *tree = tree_store_get(m->trees);
+        r = search_run(m->catalog, tree, query, limit, true, &results.r, &results.n, &reason);
+        if (r == -EINVAL) {
+                tree_unref(tree);
+                return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS, "%s",
+                                         reason ?: "The search query is not valid.");
+        }
+        if (r == -EBUSY) {
+                tree_unref(tree);
+                return sd_bus_error_set(error, MUSICFS_ERROR_BUSY,
+                                        "The search index was damaged and is being rebuilt; try again in a moment.");
+        }
+        if (r < 0) {
+                tree_unref(tree);
+                return sd_bus_error_set_errnof(error, r, "Failed to search the catalog: %m");
+        }
+
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "(ssssd)");
+        for (size_t i = 0; r >= 0 && i < results.n; i++) {
+                const SearchResult *res = &results.r[i];
+                r = sd_bus_message_append(reply, "(ssssd)", res->path, res->artist, res->album, res->title,
+                                          res->score);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        tree_unref(tree);       /* results point into it */
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
 }
 
-static int method_pin_or_unpin(sd_bus_message *message, Manager *m, const char *verb, sd_bus_error *error) {
+/* An absolute path in the tree ("/Artist/Album", "/" for everything) as the cache wants it: relative,
+ * without repeated or trailing slashes ("Artist/Album", ""). "." and ".." are refused: the tree has
+ * neither, and a caller who sends them means a filesystem path we would have to resolve. */
+static int tree_path_normalize(const char *path, char **ret, sd_bus_error *error) {
+        _cleanup_free_ char *out = malloc(strlen(path) + 1);
+        size_t n = 0;
+
+        if (!out)
+                return -ENOMEM;
+        for (const char *p = path; *p; ) {
+                p += strspn(p, "/");
+                size_t len = strcspn(p, "/");
+                if (len == 0)
+                        break;
+                if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS,
+                                                 "The path \"%.*s\" has a \".\" or \"..\" component; give the path "
+                                                 "of a file or directory of the library as it is.", ECHO_MAX, path);
+                if (n > 0)
+                        out[n++] = '/';
+                memcpy(out + n, p, len);
+                n += len;
+                p += len;
+        }
+        out[n] = '\0';
+        *ret = TAKE_PTR(out);
+        return 0;
+}
+
+/* Pin and Unpin take the path in the tree ("/Artist/Album") or under the mountpoint
+ * ("/srv/music/Artist/Album"); the latter is tried first while mounted, then the former. */
+static int method_pin_or_unpin(sd_bus_message *message, Manager *m, bool pin, sd_bus_error *error) {
+        _cleanup_free_ char *in_tree = NULL, *in_mount = NULL;
         const char *path;
         int r;
 
@@ -612,40 +762,189 @@ static int method_pin_or_unpin(sd_bus_message *message, Manager *m, const char *
         r = check_absolute_path(path, "path", error);
         if (r < 0)
                 return r;
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        r = tree_path_normalize(path, &in_tree, error);
         if (r < 0)
                 return r;
-        if (r == 0)
-                return 1;
-        return sd_bus_error_setf(error, MUSICFS_ERROR_NOT_SUPPORTED,
-                                 "Cannot %s: pins keep files in the chunk cache, which this musicfsd does not have yet.",
-                                 verb);
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
+        if (!m->cache)
+                return cache_not_open(error);
+
+        if (m->mountpoint && strcmp(m->mountpoint, "/") != 0 && path_is_under(path, m->mountpoint)) {
+                r = tree_path_normalize(path + strlen(m->mountpoint), &in_mount, error);
+                if (r < 0)
+                        return r;
+        }
+
+        r = -ENOENT;
+        if (in_mount)
+                r = pin ? manager_cache_pin(m, in_mount) : manager_cache_unpin(m, in_mount);
+        if (r == -ENOENT)
+                r = pin ? manager_cache_pin(m, in_tree) : manager_cache_unpin(m, in_tree);
+        switch (r) {
+        case 0:
+                break;
+        case -ENOENT:
+                if (pin)
+                        return sd_bus_error_setf(error, MUSICFS_ERROR_NO_SUCH_FILE,
+                                                 "There is no file or directory \"%.*s\" in the library.", ECHO_MAX, path);
+                return sd_bus_error_setf(error, MUSICFS_ERROR_NO_SUCH_FILE, "\"%.*s\" is not pinned.", ECHO_MAX, path);
+        case -ENOSPC:
+                return sd_bus_error_setf(error, MUSICFS_ERROR_CACHE_FULL,
+                                         "The files under \"%.*s\" do not fit in the cache budget with what is pinned "
+                                         "already; unpin something or raise [cache] budget.", ECHO_MAX, path);
+        default:
+                return sd_bus_error_set_errnof(error, r, "Failed to %s \"%.*s\": %m", pin ? "pin" : "unpin", ECHO_MAX, path);
+        }
+        return sd_bus_reply_method_return(message, NULL);
 }
 
 static int method_pin(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        return method_pin_or_unpin(message, userdata, "pin", error);
+        return method_pin_or_unpin(message, userdata, true, error);
 }
 
 static int method_unpin(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        return method_pin_or_unpin(message, userdata, "unpin", error);
+        return method_pin_or_unpin(message, userdata, false, error);
+}
+
+static int append_entry(sd_bus_message *reply, const char *key, const char *type, ...) {
+        va_list ap;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "s", key);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'v', type);
+        if (r >= 0) {
+                va_start(ap, type);
+                r = sd_bus_message_appendv(reply, type, ap);
+                va_end(ap);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        return r;
 }
 
 static int method_get_cache_stats(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        return sd_bus_error_set(error, MUSICFS_ERROR_NOT_SUPPORTED,
-                                "There are no cache statistics: this musicfsd has no chunk cache yet.");
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        CacheStats st = {};
+        int r;
+
+        r = refuse_while_stopping(m, error);
+        if (r < 0)
+                return r;
+        if (!m->cache)
+                return cache_not_open(error);
+        r = cache_get_stats(m->cache, &st);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Failed to read the cache statistics: %m");
+
+        /* Keys as documented in the XML; a new figure is a new key, never a new type of an old one. */
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "{sv}");
+        if (r >= 0) r = append_entry(reply, "bytes", "t", st.bytes);
+        if (r >= 0) r = append_entry(reply, "budget", "t", st.budget);
+        if (r >= 0) r = append_entry(reply, "chunks", "t", st.chunks);
+        if (r >= 0) r = append_entry(reply, "pinned-bytes", "t", st.pinned_bytes);
+        if (r >= 0) r = append_entry(reply, "versions", "t", st.versions);
+        if (r >= 0) r = append_entry(reply, "dedup-ratio", "d", st.dedup_ratio);
+        if (r >= 0) r = append_entry(reply, "hits", "t", st.hits);
+        if (r >= 0) r = append_entry(reply, "misses", "t", st.misses);
+        if (r >= 0) r = append_entry(reply, "evictions", "t", st.evictions);
+        if (r >= 0) r = append_entry(reply, "evicted-bytes", "t", st.evicted_bytes);
+        if (r >= 0) r = append_entry(reply, "bad-chunks", "t", st.bad_chunks);
+        if (r >= 0) r = append_entry(reply, "fills-active", "t", st.fills_active);
+        if (r >= 0) r = append_entry(reply, "fills-queued", "t", st.fills_queued);
+        if (r >= 0) r = append_entry(reply, "pins", "t", st.pins);
+        if (r >= 0) r = append_entry(reply, "pin-bytes-total", "t", st.pin_bytes_total);
+        if (r >= 0) r = append_entry(reply, "pin-bytes-done", "t", st.pin_bytes_done);
+        if (r >= 0) r = append_entry(reply, "disk-percent", "d", st.disk_percent);
+        if (r >= 0) r = append_entry(reply, "passthrough", "b", (int) st.passthrough);
+        if (r >= 0) r = append_entry(reply, "passthrough-reason", "s",
+                                     cache_passthrough_reason_to_string(st.passthrough_reason));
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
 }
 
 static int method_clear_cache(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         int r;
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
+        if (!m->cache)
+                return cache_not_open(error);
+        r = cache_clear(m->cache);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Failed to clear the cache: %m");
+        log_info("Cache cleared (pinned files kept)");
+        bus_manager_emit_changed(m, "CacheBytes");
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+/* Verification reads every chunk: minutes on a big cache, so it runs off the loop and the call is
+ * answered when it ends. Only repair changes anything, so only repair is privileged. */
+static int method_verify_cache(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        int repair, r;
+
+        r = sd_bus_message_read(message, "b", &repair);
         if (r < 0)
                 return r;
-        if (r == 0)
-                return 1;
-        return sd_bus_error_set(error, MUSICFS_ERROR_NOT_SUPPORTED,
-                                "There is no cache to clear: this musicfsd has no chunk cache yet.");
+        if (repair) {
+                r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+                if (r <= 0)
+                        return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
+        } else {
+                r = refuse_while_stopping(m, error);
+                if (r < 0)
+                        return r;
+        }
+        if (!m->cache)
+                return cache_not_open(error);
+
+        r = manager_cache_verify(m, repair, message);
+        if (r == -EBUSY)
+                return sd_bus_error_set(error, MUSICFS_ERROR_BUSY,
+                                        "A verification of the cache is running already; try again when it is done.");
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Failed to start verifying the cache: %m");
+        return 1;       /* answered when the verification ends */
+}
+
+void bus_manager_reply_verify_cache(Manager *m, sd_bus_message *call, bool repair, int r, const CacheVerifyResult *res) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int k;
+
+        if (r < 0) {
+                k = sd_bus_reply_method_errnof(call, r, "Failed to %s the cache: %m", repair ? "repair" : "verify");
+                goto done;
+        }
+        k = sd_bus_message_new_method_return(call, &reply);
+        if (k >= 0)
+                k = sd_bus_message_open_container(reply, 'a', "{sv}");
+        if (k >= 0) k = append_entry(reply, "checked", "t", res->checked);
+        if (k >= 0) k = append_entry(reply, "bad", "t", res->bad);
+        if (k >= 0) k = append_entry(reply, "missing", "t", res->missing);
+        if (k >= 0) k = append_entry(reply, "orphans", "t", res->orphans);
+        if (k >= 0) k = append_entry(reply, "repaired", "t", res->repaired);
+        if (k >= 0)
+                k = sd_bus_message_close_container(reply);
+        if (k >= 0)
+                k = sd_bus_send(NULL, reply, NULL);
+done:
+        if (k < 0)
+                log_debug_errno(k, "Failed to answer VerifyCache, ignoring: %m");
 }
 
 /* ---- reload ---- */
@@ -779,8 +1078,8 @@ const sd_bus_vtable manager_vtable[] = {
                                  SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("MountPoint", "s", property_get_mount_point, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("TrackCount", "t", property_get_track_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("CacheBytes", "t", property_get_zero, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("CacheBudget", "t", property_get_zero, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("CacheBytes", "t", property_get_cache_size, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("CacheBudget", "t", property_get_cache_size, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("ScanProgress", "(stt)", property_get_scan_progress, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Origins", "ao", property_get_origins, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 
@@ -849,6 +1148,11 @@ const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_NO_RESULT,
                                 method_clear_cache,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("VerifyCache",
+                                SD_BUS_ARGS("b", repair),
+                                SD_BUS_RESULT("a{sv}", result),
+                                method_verify_cache,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ArmFailpoint",
                                 SD_BUS_ARGS("s", name, "s", actions),
                                 SD_BUS_NO_RESULT,
@@ -899,12 +1203,13 @@ static int on_manager_message(sd_bus_message *message, void *userdata, sd_bus_er
         if (r < 0)
                 goto not_ours;
 
-        r = polkit_verify(m->polkit, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        r = authorize_change(m, message, MUSICFS_POLKIT_ACTION_CACHE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit is asked; the call comes back with its answer */
+        r = set_passthrough(m, enabled, error);
         if (r < 0)
                 return r;
-        if (r == 0)
-                return 1;
-        return passthrough_not_supported(error);
+        return sd_bus_reply_method_return(message, NULL);
 
 not_ours:
         r = sd_bus_message_rewind(message, true);

@@ -4,6 +4,7 @@
  * documented in introspection/org.musicfs.Manager.xml, and the org.freedesktop.DBus.ObjectManager
  * that announces the origin objects (bus-origin.h). D-Bus errors are made here and in bus-origin.c
  * and nowhere else. Everything runs on the event loop's thread. */
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <systemd/sd-bus.h>
@@ -26,3 +27,5 @@ void bus_manager_emit_origin_health_changed(Manager *m, const char *name, const 
  * r: 0 or a negative errno; mo NULL when the origin went away meanwhile. */
 void bus_manager_reply_remove_origin(Manager *m, sd_bus_message *call, const char *name, int r);
 void bus_manager_reply_check_origin(Manager *m, sd_bus_message *call, const char *name, const ManagedOrigin *mo);
+/* manager_cache_verify()'s answer: r 0 with res, or a negative errno. */
+void bus_manager_reply_verify_cache(Manager *m, sd_bus_message *call, bool repair, int r, const CacheVerifyResult *res);

@@ -206,7 +206,7 @@ static int pin_decode(const MDB_val *k, const MDB_val *v, const char *expect_pat
         };
         left = v->mv_size - PIN_HDR_SIZE;
         off = PIN_HDR_SIZE;
-        if (pv.path_len == 0 || pv.path_len > left)
+        if (pv.path_len > left)
                 return -EBADMSG;
         pv.path = (const char *) p + off;
         off += pv.path_len, left -= pv.path_len;
@@ -1403,7 +1403,7 @@ static int pin_put_fn(Wtx *w, void *userdata) {
 }
 
 int chunk_index_pin_put(ChunkIndex *x, const char *path, const char *const *version_keys, size_t n) {
-        if (!x || !path || !*path || (n > 0 && !version_keys) || n > UINT32_MAX)
+        if (!x || !path || (n > 0 && !version_keys) || n > UINT32_MAX)
                 return -EINVAL;
         for (size_t i = 0; i < n; i++)
                 if (!version_keys[i] || !*version_keys[i])
@@ -1412,7 +1412,7 @@ int chunk_index_pin_put(ChunkIndex *x, const char *path, const char *const *vers
 }
 
 int chunk_index_pin_drop(ChunkIndex *x, const char *path) {
-        if (!x || !path || !*path)
+        if (!x || !path)
                 return -EINVAL;
         return index_write(x, pin_put_fn, &(PinPut) { .path = path, .drop = true });
 }

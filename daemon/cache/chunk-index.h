@@ -91,7 +91,8 @@ int chunk_index_touch(ChunkIndex *x, const ChunkId *ids, size_t n, uint64_t now_
 /* Up to max unpinned stored chunks, least recently used first, into ret (caller's array). */
 int chunk_index_oldest_unpinned(ChunkIndex *x, ChunkRef *ret, size_t max, size_t *ret_n);
 
-/* Pins: path is the pinned path as the user gave it (relative to the mountpoint). Pinning adds one
+/* Pins: path is the pinned path as the user gave it (relative to the mountpoint; "" is the whole
+ * library). Pinning adds one
  * pin count to every chunk of every listed version, stored or not; unpinning removes what that pin
  * added. Pinning a path again replaces its list. A listed version not recorded yet is pinned when
  * chunk_index_version_put() first records it (pin, then fill); replacing a recorded version adds no

@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +19,9 @@
 #include "macro.h"
 
 /* Schema migrations, applied in order, each in its own transaction; PRAGMA user_version counts how
- * many have been applied. Never edit a released entry: append a new one. A later migration adds
- * the FTS5 index (D5) as an external-content table over files (content_rowid = files.id) plus
- * triggers, which is why files keeps an INTEGER PRIMARY KEY.
+ * many have been applied. Never edit a released entry: append a new one. v2 adds the FTS5 index
+ * (D5) as an external-content table over files (content_rowid = files.id) plus triggers, which is
+ * why files keeps an INTEGER PRIMARY KEY.
  *
  * Strings are declared TEXT but hold whatever bytes the origin gave us (file names need not be
  * UTF-8): they are bound with explicit lengths and read back with sqlite3_column_bytes(), and SQLite
@@ -69,6 +71,43 @@ static const char *const catalog_migrations[] = {
         "        path TEXT UNIQUE NOT NULL\n"
         ");\n"
         "INSERT INTO nodes (id, path) VALUES (1, '');\n",
+
+        /* v2: full-text search (D5), owned by the search half of issue #6. files_fts is an
+         * external-content FTS5 table: it stores only the index, and its content is files seen
+         * through files_search (year 0 means "no year" and must not index the token "0"). The
+         * triggers keep it in step inside the same transaction as the row change; the update trigger
+         * fires only when an indexed column really changed, so a scan's generation stamp (and an
+         * upsert of a file whose tags did not change) costs nothing. remove_diacritics 2 makes
+         * "Beyonce" find "Beyoncé"; the prefix index keeps "bea*" off a full term scan. files_year
+         * serves year:A..B, which is a SQL condition rather than text. */
+        "CREATE VIEW files_search AS SELECT id, artist, albumartist, album, title, genre, composer,\n"
+        "        NULLIF(year, 0) AS year FROM files;\n"
+        "CREATE VIRTUAL TABLE files_fts USING fts5 (artist, albumartist, album, title, genre, composer, year,\n"
+        "        content = 'files_search', content_rowid = 'id',\n"
+        "        tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3');\n"
+        "CREATE TRIGGER files_fts_insert AFTER INSERT ON files BEGIN\n"
+        "        INSERT INTO files_fts (rowid, artist, albumartist, album, title, genre, composer, year)\n"
+        "        VALUES (new.id, new.artist, new.albumartist, new.album, new.title, new.genre, new.composer,\n"
+        "                NULLIF(new.year, 0));\n"
+        "END;\n"
+        "CREATE TRIGGER files_fts_delete AFTER DELETE ON files BEGIN\n"
+        "        INSERT INTO files_fts (files_fts, rowid, artist, albumartist, album, title, genre, composer, year)\n"
+        "        VALUES ('delete', old.id, old.artist, old.albumartist, old.album, old.title, old.genre,\n"
+        "                old.composer, NULLIF(old.year, 0));\n"
+        "END;\n"
+        "CREATE TRIGGER files_fts_update AFTER UPDATE OF artist, albumartist, album, title, genre, composer, year\n"
+        "        ON files WHEN old.artist IS NOT new.artist OR old.albumartist IS NOT new.albumartist\n"
+        "        OR old.album IS NOT new.album OR old.title IS NOT new.title OR old.genre IS NOT new.genre\n"
+        "        OR old.composer IS NOT new.composer OR old.year IS NOT new.year BEGIN\n"
+        "        INSERT INTO files_fts (files_fts, rowid, artist, albumartist, album, title, genre, composer, year)\n"
+        "        VALUES ('delete', old.id, old.artist, old.albumartist, old.album, old.title, old.genre,\n"
+        "                old.composer, NULLIF(old.year, 0));\n"
+        "        INSERT INTO files_fts (rowid, artist, albumartist, album, title, genre, composer, year)\n"
+        "        VALUES (new.id, new.artist, new.albumartist, new.album, new.title, new.genre, new.composer,\n"
+        "                NULLIF(new.year, 0));\n"
+        "END;\n"
+        "CREATE INDEX files_year ON files (year);\n"
+        "INSERT INTO files_fts (files_fts) VALUES ('rebuild');\n",
 };
 
 #define CATALOG_SCHEMA_VERSION ((int) ELEMENTSOF(catalog_migrations))
@@ -158,6 +197,16 @@ struct Catalog {
         sqlite3_stmt *statements[_STMT_MAX];
         CatalogBatch *batch;    /* the open batch, if any */
         bool corrupt_seen;      /* never vouch for this file with a clean-close marker */
+        /* Search reads on a connection of their own (read-only, opened on first use): WAL lets them
+         * run while a batch writes, so a search never waits for a scan. search_lock guards it. */
+        pthread_mutex_t search_lock;
+        sqlite3 *search_db;
+        /* A damaged index found by a search is rebuilt on a thread of its own (17 s at 1M tracks:
+         * too long for a caller such as the bus loop to wait); searches answer -EBUSY meanwhile.
+         * Started under search_lock; joined by catalog_free(). */
+        pthread_t rebuild_thread;
+        bool rebuild_thread_started;
+        atomic_bool rebuilding;
 };
 
 struct CatalogBatch {
@@ -233,6 +282,8 @@ static void catalog_unlockp(Catalog **c) {
                 catalog_unlock(*c);
 }
 #define _cleanup_catalog_unlock_ _cleanup_(catalog_unlockp)
+
+static int search_index_repair_locked(Catalog *c);
 
 static int catalog_exec(Catalog *c, const char *sql) {
         int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
@@ -325,11 +376,17 @@ void catalog_files_free(CatalogFile *f, size_t n) {
 static void catalog_free(Catalog *c) {
         if (!c)
                 return;
+        /* Before the connection goes: a background search-index rebuild uses it. */
+        if (c->rebuild_thread_started)
+                (void) pthread_join(c->rebuild_thread, NULL);
         for (size_t i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(c->statements[i]);
         if (c->db && sqlite3_close(c->db) != SQLITE_OK)
                 log_warning("Catalog %s: close: %s", c->path, sqlite3_errmsg(c->db));
         pthread_mutex_destroy(&c->lock);
+        if (c->search_db)
+                (void) sqlite3_close(c->search_db);
+        pthread_mutex_destroy(&c->search_lock);
         free(c->path);
         free(c);
 }
@@ -539,6 +596,12 @@ int catalog_open(const char *path, Catalog **ret) {
                 free(TAKE_PTR(c));
                 return -r;
         }
+        r = pthread_mutex_init(&c->search_lock, NULL);
+        if (r != 0) {
+                pthread_mutex_destroy(&c->lock);
+                free(TAKE_PTR(c));
+                return -r;
+        }
         c->path = strdup(path);
         if (!c->path)
                 return log_error_errno(ENOMEM, "Catalog %s: out of memory", path);
@@ -573,6 +636,13 @@ int catalog_open(const char *path, Catalog **ret) {
         r = catalog_migrate(c);
         if (r < 0)
                 return r;
+        /* quick_check does not look inside the search index's blobs: after a crash or an outside
+         * write, check it too; a damaged index is rebuilt from files, the catalog stays. */
+        if (!closed_cleanly) {
+                r = search_index_repair_locked(c);
+                if (r < 0)
+                        return r;
+        }
 
         log_debug("Catalog %s opened (schema version %d)", path, CATALOG_SCHEMA_VERSION);
         *ret = TAKE_PTR(c);
@@ -663,6 +733,18 @@ void catalog_close(Catalog *c) {
         if (!c)
                 return;
 
+        /* A background rebuild of the search index would hold the stop up: interrupt it (the index
+         * stays damaged and is rebuilt again when a search meets it). */
+        if (atomic_load(&c->rebuilding))
+                sqlite3_interrupt(c->db);
+        /* The search connection goes first: the last connection to close removes the -wal, and a
+         * read-only one cannot, which would cost the clean-close marker. */
+        (void) pthread_mutex_lock(&c->search_lock);
+        if (c->search_db) {
+                (void) sqlite3_close(c->search_db);
+                c->search_db = NULL;
+        }
+        (void) pthread_mutex_unlock(&c->search_lock);
         r = catalog_lock(c);
         if (r == -EDEADLK && c->batch) {
                 /* The caller closes with its own batch still open: roll it back, the batch is gone. */
@@ -1176,6 +1258,315 @@ void catalog_batch_abort(CatalogBatch *b) {
         batch_end(b);
 }
 
+/* ---- sync (issue #6): resumable full scans and scans of one subtree ----
+ *
+ * A full scan in progress is recorded in meta as 'scan:<origin_id>:generation' (its generation) and
+ * 'scan:<origin_id>:files' (files committed so far, written inside each batch's transaction). A
+ * scan killed halfway leaves them behind, and the next full scan of that origin takes the same
+ * generation back instead of starting over; catalog_scan_checkpoint_clear() ends the record. These
+ * statements run once per scan or per batch, so they are prepared on the spot rather than cached. */
+
+static int meta_key(char *buf, size_t size, int64_t origin_id, const char *what) {
+        int n = snprintf(buf, size, "scan:%" PRIi64 ":%s", origin_id, what);
+        return n < 0 || (size_t) n >= size ? -EINVAL : 0;
+}
+
+static void stmt_finalizep(sqlite3_stmt **s) {
+        if (*s)
+                (void) sqlite3_finalize(*s);
+}
+#define _cleanup_stmt_finalize_ _cleanup_(stmt_finalizep)
+
+static int catalog_prepare(Catalog *c, const char *sql, sqlite3_stmt **ret) {
+        int rc = sqlite3_prepare_v2(c->db, sql, -1, ret, NULL);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "prepare");
+        return 0;
+}
+
+/* Under the lock. 0 with *ret set, or -ENOENT when the key is absent. */
+static int meta_get_locked(Catalog *c, const char *key, int64_t *ret) {
+        _cleanup_stmt_finalize_ sqlite3_stmt *s = NULL;
+        int rc, r;
+
+        r = catalog_prepare(c, "SELECT value FROM meta WHERE key = ?1", &s);
+        if (r < 0)
+                return r;
+        rc = bind_string(s, 1, key);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "meta bind");
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return catalog_error(c, rc, "meta get");
+        *ret = sqlite3_column_int64(s, 0);
+        return 0;
+}
+
+static int meta_set_locked(Catalog *c, const char *key, int64_t value) {
+        _cleanup_stmt_finalize_ sqlite3_stmt *s = NULL;
+        int rc, r;
+
+        r = catalog_prepare(c, "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+                               "ON CONFLICT (key) DO UPDATE SET value = excluded.value", &s);
+        if (r < 0)
+                return r;
+        rc = bind_string(s, 1, key);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_bind_int64(s, 2, value);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "meta bind");
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_DONE)
+                return catalog_error(c, rc, "meta set");
+        return 0;
+}
+
+int catalog_full_scan_begin(Catalog *c, int64_t origin_id, int64_t *ret_generation, uint64_t *ret_resumed_files) {
+        char gen_key[64], files_key[64];
+        int64_t generation = 0, files = 0;
+        int r;
+
+        if (!c || !ret_generation)
+                return -EINVAL;
+        if (meta_key(gen_key, sizeof gen_key, origin_id, "generation") < 0 ||
+            meta_key(files_key, sizeof files_key, origin_id, "files") < 0)
+                return -EINVAL;
+
+        {
+                _cleanup_catalog_unlock_ Catalog *locked = NULL;
+                r = catalog_lock(c);
+                if (r < 0)
+                        return r;
+                locked = c;
+                r = meta_get_locked(c, gen_key, &generation);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                if (r >= 0) {
+                        if (meta_get_locked(c, files_key, &files) < 0)
+                                files = 0;
+                        *ret_generation = generation;
+                        if (ret_resumed_files)
+                                *ret_resumed_files = files > 0 ? (uint64_t) files : 0;
+                        return 1;
+                }
+        }
+
+        r = catalog_scan_begin(c, origin_id, &generation);
+        if (r < 0)
+                return r;
+
+        _cleanup_catalog_unlock_ Catalog *locked = NULL;
+        r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        locked = c;
+        r = catalog_exec(c, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        r = meta_set_locked(c, gen_key, generation);
+        if (r >= 0)
+                r = meta_set_locked(c, files_key, 0);
+        if (r >= 0)
+                r = catalog_exec(c, "COMMIT");
+        if (r < 0) {
+                catalog_rollback(c);
+                return r;
+        }
+        *ret_generation = generation;
+        if (ret_resumed_files)
+                *ret_resumed_files = 0;
+        return 0;
+}
+
+int catalog_batch_checkpoint(CatalogBatch *b, int64_t origin_id, uint64_t files_done) {
+        char key[64];
+        int r;
+
+        if (!b || meta_key(key, sizeof key, origin_id, "files") < 0)
+                return -EINVAL;
+        if (b->error < 0)
+                return b->error;
+        r = meta_set_locked(b->catalog, key, files_done > INT64_MAX ? INT64_MAX : (int64_t) files_done);
+        if (r < 0)
+                return batch_failed(b, r);
+        return 0;
+}
+
+int catalog_scan_checkpoint_clear(Catalog *c, int64_t origin_id) {
+        _cleanup_catalog_unlock_ Catalog *locked = NULL;
+        _cleanup_stmt_finalize_ sqlite3_stmt *s = NULL;
+        char pattern[64];
+        int rc, r;
+
+        if (!c || meta_key(pattern, sizeof pattern, origin_id, "%") < 0)
+                return -EINVAL;
+        r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        locked = c;
+        r = catalog_prepare(c, "DELETE FROM meta WHERE key LIKE ?1", &s);
+        if (r < 0)
+                return r;
+        rc = bind_string(s, 1, pattern);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "checkpoint bind");
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_DONE)
+                return catalog_error(c, rc, "checkpoint clear");
+        return 0;
+}
+
+int catalog_scan_in_progress(Catalog *c, int64_t origin_id, bool *ret) {
+        _cleanup_catalog_unlock_ Catalog *locked = NULL;
+        char key[64];
+        int64_t v;
+        int r;
+
+        if (!c || !ret || meta_key(key, sizeof key, origin_id, "generation") < 0)
+                return -EINVAL;
+        r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        locked = c;
+        r = meta_get_locked(c, key, &v);
+        if (r < 0 && r != -ENOENT)
+                return r;
+        *ret = r >= 0;
+        return 0;
+}
+
+int catalog_batch_remove(CatalogBatch *b, int64_t origin_id, const char *rel_path) {
+        _cleanup_stmt_finalize_ sqlite3_stmt *s = NULL;
+        Catalog *c;
+        int rc, r;
+
+        if (!b || !rel_path)
+                return -EINVAL;
+        if (b->error < 0)
+                return b->error;
+        c = b->catalog;
+        r = catalog_prepare(c, "DELETE FROM files WHERE origin_id = ?1 AND rel_path = ?2", &s);
+        if (r < 0)
+                return r;
+        rc = sqlite3_bind_int64(s, 1, origin_id);
+        if (rc == SQLITE_OK)
+                rc = bind_string(s, 2, rel_path);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "remove bind");
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_DONE)
+                return batch_failed(b, catalog_error(c, rc, "remove"));
+        return sqlite3_changes(c->db) == 0 ? -ENOENT : 0;
+}
+
+/* The rows at prefix itself (a file) and below "prefix/" (a directory), as two index ranges: a
+ * byte-wise range ["prefix/", "prefix0") is exactly what starts with "prefix/" ('0' follows '/'). */
+#define UNDER_PREFIX "(f.rel_path = ?2 OR (f.rel_path >= ?3 AND f.rel_path < ?4))"
+
+static int bind_prefix(Catalog *c, sqlite3_stmt *s, int64_t origin_id, const char *prefix, char **slash, char **zero) {
+        int rc;
+
+        if (asprintf(slash, "%s/", prefix) < 0 || asprintf(zero, "%s0", prefix) < 0)
+                return -ENOMEM;
+        rc = sqlite3_bind_int64(s, 1, origin_id);
+        if (rc == SQLITE_OK)
+                rc = bind_string(s, 2, prefix);
+        if (rc == SQLITE_OK)
+                rc = bind_string(s, 3, *slash);
+        if (rc == SQLITE_OK)
+                rc = bind_string(s, 4, *zero);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "prefix bind");
+        return 0;
+}
+
+int catalog_load_origin_files_under(Catalog *c, int64_t origin_id, const char *prefix, CatalogFile **ret, size_t *ret_n) {
+        _cleanup_free_ char *slash = NULL, *zero = NULL;
+        FileList l = {};
+        int rc, r;
+
+        if (!c || !prefix || !ret || !ret_n)
+                return -EINVAL;
+        if (!prefix[0])
+                return catalog_load_origin_files(c, origin_id, ret, ret_n);
+
+        _cleanup_catalog_unlock_ Catalog *locked = NULL;
+        r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        locked = c;
+        _cleanup_stmt_finalize_ sqlite3_stmt *s = NULL;
+        r = catalog_prepare(c, "SELECT " FILE_COLUMNS " FROM files AS f JOIN origins AS o ON o.id = f.origin_id "
+                               "WHERE f.origin_id = ?1 AND " UNDER_PREFIX " ORDER BY f.rel_path", &s);
+        if (r < 0)
+                return r;
+        r = bind_prefix(c, s, origin_id, prefix, &slash, &zero);
+        if (r < 0)
+                return r;
+        for (;;) {
+                rc = sqlite3_step(s);
+                if (rc == SQLITE_DONE)
+                        break;
+                if (rc != SQLITE_ROW) {
+                        file_list_done(&l);
+                        return catalog_error(c, rc, "load files");
+                }
+                if (l.n == l.allocated) {
+                        size_t want = l.allocated ? l.allocated * 2 : 64;
+                        CatalogFile *p = reallocarray(l.files, want, sizeof *l.files);
+                        if (!p) {
+                                file_list_done(&l);
+                                return -ENOMEM;
+                        }
+                        l.files = p;
+                        l.allocated = want;
+                }
+                r = read_file_row(s, &l.files[l.n]);
+                if (r < 0) {
+                        file_list_done(&l);
+                        return r;
+                }
+                l.n++;
+        }
+        *ret = l.files;
+        *ret_n = l.n;
+        return 0;
+}
+
+int catalog_scan_finish_under(Catalog *c, int64_t origin_id, const char *prefix, int64_t generation, uint64_t *ret_removed) {
+        _cleanup_free_ char *slash = NULL, *zero = NULL;
+        int rc, r;
+
+        if (!c || !prefix)
+                return -EINVAL;
+        if (!prefix[0])
+                return catalog_scan_finish(c, origin_id, generation, ret_removed);
+
+        _cleanup_catalog_unlock_ Catalog *locked = NULL;
+        r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        locked = c;
+        _cleanup_stmt_finalize_ sqlite3_stmt *s = NULL;
+        r = catalog_prepare(c, "DELETE FROM files AS f WHERE f.origin_id = ?1 AND " UNDER_PREFIX " AND f.generation < ?5", &s);
+        if (r < 0)
+                return r;
+        r = bind_prefix(c, s, origin_id, prefix, &slash, &zero);
+        if (r < 0)
+                return r;
+        rc = sqlite3_bind_int64(s, 5, generation);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "scan finish bind");
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_DONE)
+                return catalog_error(c, rc, "scan finish");
+        if (ret_removed)
+                *ret_removed = (uint64_t) sqlite3_changes64(c->db);
+        return 0;
+}
+
 int catalog_nodes_foreach(Catalog *c, catalog_node_fn fn, void *userdata) {
         _cleanup_catalog_unlock_ Catalog *locked = NULL;
         _cleanup_stmt_reset_ sqlite3_stmt *s = NULL;
@@ -1281,4 +1672,486 @@ int catalog_nodes_assign(Catalog *c, const char *const *paths, size_t n, int64_t
                 return r;
         }
         return 0;
+}
+
+/* ---- Full-text search (v2: files_fts) ---- */
+
+#define SEARCH_DEADLINE_NSEC (5ULL * 1000 * 1000 * 1000)
+/* The score: musicfs_rank(), BM25 with per-column weights (below), registered on the search
+ * connection. FTS5's own bm25() counts every row that holds each phrase before it scores the first
+ * one (the IDF): for "the" at 1M tracks that alone is 20-40 ms, however few rows are then scored.
+ * musicfs_rank() counts up to SEARCH_IDF_COUNT_MAX rows in rowid order and extrapolates from how far
+ * into the rowid range it got (rowids of files are spread evenly enough), so a common word costs a
+ * bounded count, and a rare one is counted exactly. ?6 is max(files.id). */
+#define SEARCH_BM25 "musicfs_rank(files_fts, ?6)"
+#define SEARCH_IDF_COUNT_MAX 5000
+#define SEARCH_BM25_K1 1.2
+#define SEARCH_BM25_B 0.75
+/* In the order of files_fts's columns: a word in the artist or the title says more about a track
+ * than one in its genre. */
+static const double search_column_weights[] = { 4.0, 2.0, 3.0, 4.0, 1.0, 2.0, 1.0 };
+#define SEARCH_TAGS "f.artist, f.albumartist, f.album, f.title"
+
+static uint64_t now_nsec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
+}
+
+static int search_past_deadline(void *userdata) {
+        return now_nsec() > *(const uint64_t *) userdata;
+}
+
+typedef struct RankData {
+        int n_phrases;
+        double avgdl;           /* mean tokens per row, all columns */
+        double *idf;            /* per phrase */
+} RankData;
+
+typedef struct PhraseCount {
+        int64_t n;
+        int64_t last_rowid;
+} PhraseCount;
+
+static int rank_count_cb(const Fts5ExtensionApi *api, Fts5Context *fts, void *userdata) {
+        PhraseCount *pc = userdata;
+        pc->last_rowid = api->xRowid(fts);
+        return ++pc->n >= SEARCH_IDF_COUNT_MAX ? SQLITE_DONE : SQLITE_OK;
+}
+
+static int rank_data_new(const Fts5ExtensionApi *api, Fts5Context *fts, int64_t max_rowid, RankData **ret) {
+        sqlite3_int64 rows = 0, tokens = 0;
+        RankData *d;
+        int rc;
+
+        rc = api->xRowCount(fts, &rows);
+        if (rc == SQLITE_OK)
+                rc = api->xColumnTotalSize(fts, -1, &tokens);
+        if (rc != SQLITE_OK)
+                return rc;
+        d = calloc(1, sizeof *d);
+        if (!d)
+                return SQLITE_NOMEM;
+        d->n_phrases = api->xPhraseCount(fts);
+        d->avgdl = rows > 0 ? (double) tokens / (double) rows : 1.0;
+        d->idf = calloc((size_t) (d->n_phrases > 0 ? d->n_phrases : 1), sizeof *d->idf);
+        if (!d->idf) {
+                free(d);
+                return SQLITE_NOMEM;
+        }
+        for (int p = 0; p < d->n_phrases; p++) {
+                PhraseCount pc = {};
+                rc = api->xQueryPhrase(fts, p, &pc, rank_count_cb);
+                if (rc != SQLITE_OK) {
+                        free(d->idf);
+                        free(d);
+                        return rc;
+                }
+                double hits = (double) pc.n;
+                if (pc.n >= SEARCH_IDF_COUNT_MAX && pc.last_rowid > 0 && max_rowid > pc.last_rowid)
+                        hits = hits * (double) max_rowid / (double) pc.last_rowid;
+                if (hits > (double) rows)
+                        hits = (double) rows;
+                double idf = log(((double) rows - hits + 0.5) / (hits + 0.5));
+                d->idf[p] = idf > 1e-6 ? idf : 1e-6;
+        }
+        *ret = d;
+        return SQLITE_OK;
+}
+
+static void rank_data_free(void *p) {
+        RankData *d = p;
+        if (d) {
+                free(d->idf);
+                free(d);
+        }
+}
+
+/* musicfs_rank(files_fts, max_rowid): higher is better. */
+static void rank_function(const Fts5ExtensionApi *api, Fts5Context *fts, sqlite3_context *ctx, int n_args,
+                          sqlite3_value **args) {
+        double freq_stack[16], *freq = freq_stack, score = 0;
+        int n_inst = 0, dl = 0, rc;
+        RankData *d;
+
+        d = api->xGetAuxdata(fts, 0);
+        if (!d) {
+                rc = rank_data_new(api, fts, n_args > 0 ? sqlite3_value_int64(args[0]) : 0, &d);
+                if (rc == SQLITE_OK)
+                        rc = api->xSetAuxdata(fts, d, rank_data_free);
+                if (rc != SQLITE_OK) {
+                        sqlite3_result_error_code(ctx, rc);
+                        return;
+                }
+        }
+        if (d->n_phrases > (int) ELEMENTSOF(freq_stack)) {
+                freq = calloc((size_t) d->n_phrases, sizeof *freq);
+                if (!freq) {
+                        sqlite3_result_error_nomem(ctx);
+                        return;
+                }
+        } else
+                memset(freq_stack, 0, sizeof freq_stack);
+
+        rc = api->xInstCount(fts, &n_inst);
+        for (int i = 0; rc == SQLITE_OK && i < n_inst; i++) {
+                int phrase, column, offset;
+                rc = api->xInst(fts, i, &phrase, &column, &offset);
+                if (rc == SQLITE_OK && phrase >= 0 && phrase < d->n_phrases && column >= 0)
+                        freq[phrase] += column < (int) ELEMENTSOF(search_column_weights) ?
+                                        search_column_weights[column] : 1.0;
+        }
+        if (rc == SQLITE_OK)
+                rc = api->xColumnSize(fts, -1, &dl);
+        if (rc == SQLITE_OK) {
+                double norm = SEARCH_BM25_K1 * (1 - SEARCH_BM25_B + SEARCH_BM25_B * dl / d->avgdl);
+                for (int p = 0; p < d->n_phrases; p++)
+                        score += d->idf[p] * freq[p] * (SEARCH_BM25_K1 + 1) / (freq[p] + norm);
+        }
+        if (freq != freq_stack)
+                free(freq);
+        if (rc != SQLITE_OK)
+                sqlite3_result_error_code(ctx, rc);
+        else
+                sqlite3_result_double(ctx, score);
+}
+
+static int search_register_rank(sqlite3 *db) {
+        fts5_api *api = NULL;
+        sqlite3_stmt *s = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(db, "SELECT fts5(?1)", -1, &s, NULL);
+        if (rc == SQLITE_OK) {
+                (void) sqlite3_bind_pointer(s, 1, (void *) &api, "fts5_api_ptr", NULL);
+                (void) sqlite3_step(s);
+        }
+        sqlite3_finalize(s);
+        if (!api)
+                return SQLITE_ERROR;
+        return api->xCreateFunction(api, "musicfs_rank", NULL, rank_function, NULL);
+}
+
+/* FTS5's own check: the index against files, every blob decoded. Main connection, lock held. */
+static int search_index_check_locked(Catalog *c) {
+        int rc = sqlite3_exec(c->db, "INSERT INTO files_fts (files_fts) VALUES ('integrity-check')", NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+                return 0;
+        if ((rc & 0xff) == SQLITE_CORRUPT) {
+                log_warning("Catalog %s: the search index is damaged: %s", c->path, sqlite3_errmsg(c->db));
+                return -EBADMSG;
+        }
+        return catalog_error(c, rc, "search index integrity-check");
+}
+
+static int search_index_rebuild_locked(Catalog *c) {
+        uint64_t start = now_nsec();
+        int r;
+
+        r = catalog_exec(c, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        r = catalog_exec(c, "INSERT INTO files_fts (files_fts) VALUES ('rebuild')");
+        if (r >= 0)
+                r = catalog_exec(c, "COMMIT");
+        if (r < 0) {
+                catalog_rollback(c);
+                return log_error_errno(r, "Catalog %s: cannot rebuild the search index: %m", c->path);
+        }
+        log_notice("Catalog %s: search index rebuilt from the catalog in %.2f s", c->path,
+                   (double) (now_nsec() - start) / 1e9);
+        return 0;
+}
+
+/* 0: the index was fine; 1: it was damaged and has been rebuilt. */
+static int search_index_repair_locked(Catalog *c) {
+        int r = search_index_check_locked(c);
+        if (r != -EBADMSG)
+                return r;
+        r = search_index_rebuild_locked(c);
+        return r < 0 ? r : 1;
+}
+
+int catalog_search_check(Catalog *c) {
+        if (!c)
+                return -EINVAL;
+        int r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        _cleanup_catalog_unlock_ Catalog *locked = c;
+        return search_index_check_locked(c);
+}
+
+int catalog_search_rebuild(Catalog *c) {
+        if (!c)
+                return -EINVAL;
+        int r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        _cleanup_catalog_unlock_ Catalog *locked = c;
+        return search_index_rebuild_locked(c);
+}
+
+int catalog_search_repair(Catalog *c) {
+        if (!c)
+                return -EINVAL;
+        int r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        _cleanup_catalog_unlock_ Catalog *locked = c;
+        return search_index_repair_locked(c);
+}
+
+void catalog_search_hits_free(CatalogSearchHit *h, size_t n) {
+        if (!h)
+                return;
+        for (size_t i = 0; i < n; i++) {
+                free(h[i].artist);
+                free(h[i].album);
+                free(h[i].title);
+        }
+        free(h);
+}
+
+/* SQLite's verdict on a search, from the search connection. SQLITE_ERROR is FTS5 refusing the MATCH
+ * expression: the caller's mistake, not the catalog's. */
+static int search_error(Catalog *c, int rc) {
+        const char *message = sqlite3_errmsg(c->search_db);
+        switch (rc & 0xff) {
+        case SQLITE_CORRUPT:
+                log_warning("Catalog %s: search hit a damaged index: %s", c->path, message);
+                return -EBADMSG;
+        case SQLITE_ERROR:
+                return log_debug_errno(EINVAL, "Catalog %s: search refused: %s", c->path, message);
+        case SQLITE_INTERRUPT:
+                return log_warning_errno(ETIMEDOUT, "Catalog %s: search took longer than %llu s, stopped",
+                                         c->path, SEARCH_DEADLINE_NSEC / 1000000000ULL);
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+                return log_warning_errno(EBUSY, "Catalog %s: search: %s", c->path, message);
+        case SQLITE_NOMEM:
+                return -ENOMEM;
+        default:
+                return log_error_errno(EIO, "Catalog %s: search: %s", c->path, message);
+        }
+}
+
+static int search_db_open_locked(Catalog *c) {
+        sqlite3 *db = NULL;
+        int rc;
+
+        if (c->search_db)
+                return 0;
+        rc = sqlite3_open_v2(c->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+        if (rc != SQLITE_OK) {
+                int r = log_error_errno(EIO, "Catalog %s: cannot open a search connection: %s", c->path,
+                                        db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+                sqlite3_close(db);
+                return r;
+        }
+        (void) sqlite3_extended_result_codes(db, 1);
+        (void) sqlite3_busy_timeout(db, CATALOG_BUSY_TIMEOUT_MS);
+        rc = search_register_rank(db);
+        if (rc != SQLITE_OK) {
+                sqlite3_close(db);
+                return log_error_errno(EIO, "Catalog %s: cannot register the search ranking with FTS5", c->path);
+        }
+        c->search_db = db;
+        return 0;
+}
+
+static int search_step_rows(Catalog *c, sqlite3_stmt *s, size_t limit, CatalogSearchHit **ret, size_t *ret_n) {
+        CatalogSearchHit *hits = NULL;
+        size_t n = 0, allocated = 0;
+        int rc, r = 0;
+
+        for (;;) {
+                rc = sqlite3_step(s);
+                if (rc == SQLITE_DONE)
+                        break;
+                if (rc != SQLITE_ROW) {
+                        r = search_error(c, rc);
+                        break;
+                }
+                if (n >= limit)
+                        break;
+                if (n == allocated) {
+                        size_t want = allocated ? allocated * 2 : 32;
+                        CatalogSearchHit *p = reallocarray(hits, want, sizeof *hits);
+                        if (!p) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        hits = p;
+                        allocated = want;
+                }
+                CatalogSearchHit *h = &hits[n++];
+                *h = (CatalogSearchHit) {
+                        .file_id = sqlite3_column_int64(s, 0),
+                        .score = sqlite3_column_double(s, 1),
+                };
+                /* The track's artist, else the album's. */
+                int artist_col = sqlite3_column_type(s, 2) != SQLITE_NULL ? 2 : 3;
+                if (column_string(s, artist_col, &h->artist) < 0 || column_string(s, 4, &h->album) < 0 ||
+                    column_string(s, 5, &h->title) < 0) {
+                        r = -ENOMEM;
+                        break;
+                }
+        }
+        if (r < 0) {
+                catalog_search_hits_free(hits, n);
+                return r;
+        }
+        *ret = hits;
+        *ret_n = n;
+        return 0;
+}
+
+/* Binds ?6, the largest files.id (the end of the rowid range, for musicfs_rank's estimate). */
+static int search_max_rowid(Catalog *c, sqlite3_stmt *query) {
+        sqlite3_stmt *s = NULL;
+        int rc = sqlite3_prepare_v2(c->search_db, "SELECT max(id) FROM files", -1, &s, NULL);
+        if (rc == SQLITE_OK) {
+                rc = sqlite3_step(s);
+                rc = rc == SQLITE_ROW ? sqlite3_bind_int64(query, 6, sqlite3_column_int64(s, 0)) : rc;
+        }
+        sqlite3_finalize(s);
+        return rc;
+}
+
+static int search_run(Catalog *c, const CatalogSearchQuery *q, CatalogSearchHit **ret, size_t *ret_n) {
+        bool by_year = q->year_min > 0 || q->year_max > 0;
+        size_t cap = q->cap > 0 ? q->cap : CATALOG_SEARCH_CAP_DEFAULT;
+        const char *sql;
+        sqlite3_stmt *s = NULL;
+        uint64_t deadline;
+        int rc, r;
+
+        if (!q->match)
+                sql = "SELECT f.id, 0.0, " SEARCH_TAGS " FROM files AS f "
+                      "WHERE f.year BETWEEN ?3 AND ?4 ORDER BY f.year, f.id LIMIT ?5";
+        else if (q->ranked && by_year)
+                /* Score only the first cap candidates: bm25 over every row of a common word is what
+                 * would make it slow. The inner LIMIT keeps SQLite from flattening the subquery. */
+                sql = "SELECT h.id, h.score, " SEARCH_TAGS " FROM ("
+                      "SELECT files_fts.rowid AS id, " SEARCH_BM25 " AS score FROM files_fts "
+                      "CROSS JOIN files AS y ON y.id = files_fts.rowid "
+                      "WHERE files_fts MATCH ?1 AND y.year BETWEEN ?3 AND ?4 LIMIT ?2) AS h "
+                      "CROSS JOIN files AS f ON f.id = h.id ORDER BY h.score DESC, h.id LIMIT ?5";
+        else if (q->ranked)
+                sql = "SELECT h.id, h.score, " SEARCH_TAGS " FROM ("
+                      "SELECT files_fts.rowid AS id, " SEARCH_BM25 " AS score FROM files_fts "
+                      "WHERE files_fts MATCH ?1 LIMIT ?2) AS h "
+                      "CROSS JOIN files AS f ON f.id = h.id ORDER BY h.score DESC, h.id LIMIT ?5";
+        else if (by_year)
+                sql = "SELECT files_fts.rowid, 0.0, " SEARCH_TAGS " FROM files_fts "
+                      "CROSS JOIN files AS f ON f.id = files_fts.rowid "
+                      "WHERE files_fts MATCH ?1 AND f.year BETWEEN ?3 AND ?4 LIMIT ?5";
+        else
+                sql = "SELECT files_fts.rowid, 0.0, " SEARCH_TAGS " FROM files_fts "
+                      "CROSS JOIN files AS f ON f.id = files_fts.rowid "
+                      "WHERE files_fts MATCH ?1 LIMIT ?5";
+
+        r = pthread_mutex_lock(&c->search_lock);
+        if (r != 0)
+                return -r;
+        r = search_db_open_locked(c);
+        if (r < 0)
+                goto finish;
+
+        rc = sqlite3_prepare_v3(c->search_db, sql, -1, 0, &s, NULL);
+        if (rc != SQLITE_OK) {
+                r = search_error(c, rc);
+                goto finish;
+        }
+        rc = SQLITE_OK;
+        if (q->match)
+                rc = sqlite3_bind_text(s, 1, q->match, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_bind_int64(s, 2, (sqlite3_int64) (cap > q->limit ? cap : q->limit));
+        if (rc == SQLITE_OK)
+                rc = sqlite3_bind_int(s, 3, q->year_min > 0 ? q->year_min : 1);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_bind_int(s, 4, q->year_max > 0 ? q->year_max : INT_MAX);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_bind_int64(s, 5, (sqlite3_int64) q->limit);
+        if (rc == SQLITE_OK && q->match && q->ranked)
+                rc = search_max_rowid(c, s);
+        if (rc != SQLITE_OK) {
+                r = search_error(c, rc);
+                goto finish;
+        }
+
+        deadline = now_nsec() + SEARCH_DEADLINE_NSEC;
+        sqlite3_progress_handler(c->search_db, 10000, search_past_deadline, &deadline);
+        r = search_step_rows(c, s, q->limit, ret, ret_n);
+        sqlite3_progress_handler(c->search_db, 0, NULL, NULL);
+
+finish:
+        sqlite3_finalize(s);
+        pthread_mutex_unlock(&c->search_lock);
+        return r;
+}
+
+static void *search_rebuild_main(void *userdata) {
+        Catalog *c = userdata;
+
+        /* Damage was seen: whatever becomes of this rebuild (catalog_close() may interrupt it), the
+         * next open checks the file and the index instead of trusting a clean-close marker. */
+        if (catalog_lock(c) >= 0) {
+                c->corrupt_seen = true;
+                catalog_unlock(c);
+        }
+        (void) catalog_search_rebuild(c);       /* logs either way */
+        atomic_store(&c->rebuilding, false);
+        return NULL;
+}
+
+/* -EBUSY: a rebuild runs (now). */
+static int search_rebuild_start(Catalog *c) {
+        int r;
+
+        r = pthread_mutex_lock(&c->search_lock);
+        if (r != 0)
+                return -r;
+        if (atomic_load(&c->rebuilding)) {
+                pthread_mutex_unlock(&c->search_lock);
+                return -EBUSY;
+        }
+        if (c->rebuild_thread_started) {
+                (void) pthread_join(c->rebuild_thread, NULL);   /* finished: rebuilding is false */
+                c->rebuild_thread_started = false;
+        }
+        atomic_store(&c->rebuilding, true);
+        r = pthread_create(&c->rebuild_thread, NULL, search_rebuild_main, c);
+        if (r != 0) {
+                atomic_store(&c->rebuilding, false);
+                pthread_mutex_unlock(&c->search_lock);
+                return log_error_errno(r, "Catalog %s: cannot start rebuilding the search index: %m", c->path);
+        }
+        c->rebuild_thread_started = true;
+        pthread_mutex_unlock(&c->search_lock);
+        log_warning("Catalog %s: rebuilding the damaged search index in the background", c->path);
+        return -EBUSY;
+}
+
+int catalog_search(Catalog *c, const CatalogSearchQuery *q, CatalogSearchHit **ret, size_t *ret_n) {
+        int r;
+
+        if (!c || !q || !ret || !ret_n || q->limit == 0)
+                return -EINVAL;
+        if (q->year_min < 0 || q->year_max < 0 || (q->year_max > 0 && q->year_min > q->year_max))
+                return -EINVAL;
+
+        if (atomic_load(&c->rebuilding))
+                return -EBUSY;
+        r = search_run(c, q, ret, ret_n);
+        if (r != -EBADMSG)
+                return r;
+        /* The index is damaged: rebuild it from files. The tree, and so browsing, never reads it. */
+        return search_rebuild_start(c);
+}
+
+bool catalog_search_rebuilding(Catalog *c) {
+        return c && atomic_load(&c->rebuilding);
 }

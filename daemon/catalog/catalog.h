@@ -6,7 +6,8 @@
  *
  * Tables: origins(id, name, url, priority); files(one row per origin file with its tags);
  * nodes(id = inode number, path UNIQUE) so that a virtual path keeps its inode across restarts and
- * rescans (D4). The connection is guarded by a mutex inside Catalog: any thread may call in. */
+ * rescans (D4); files_fts, the full-text index over files' tags (schema v2, see catalog_search()).
+ * The connection is guarded by a mutex inside Catalog: any thread may call in. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,8 +76,61 @@ int catalog_batch_commit(CatalogBatch *b);     /* frees b, success or not */
 void catalog_batch_abort(CatalogBatch *b);     /* rolls back, frees b; NULL is fine */
 int catalog_scan_finish(Catalog *c, int64_t origin_id, int64_t generation, uint64_t *ret_removed);
 
+/* Sync (issue #6). A full scan is resumable: catalog_full_scan_begin() records its generation in
+ * meta ('scan:<origin_id>:generation') and returns 0; when a scan of that origin was left unfinished
+ * (the daemon died), it returns 1 with that scan's generation and the files it had committed
+ * (*ret_resumed_files, from 'scan:<origin_id>:files', which catalog_batch_checkpoint() writes inside
+ * each batch). catalog_scan_checkpoint_clear() ends the record once the scan has finished. */
+int catalog_full_scan_begin(Catalog *c, int64_t origin_id, int64_t *ret_generation, uint64_t *ret_resumed_files);
+int catalog_batch_checkpoint(CatalogBatch *b, int64_t origin_id, uint64_t files_done);
+int catalog_scan_checkpoint_clear(Catalog *c, int64_t origin_id);
+int catalog_scan_in_progress(Catalog *c, int64_t origin_id, bool *ret);
+/* Removes one row; -ENOENT when there is none. */
+int catalog_batch_remove(CatalogBatch *b, int64_t origin_id, const char *rel_path);
+/* A scan of one subtree: the rows at prefix (a file) or below "prefix/" (a directory), ordered by
+ * rel_path; and the removal of those among them not stamped with generation. "" is the whole origin. */
+int catalog_load_origin_files_under(Catalog *c, int64_t origin_id, const char *prefix, CatalogFile **ret, size_t *ret_n);
+int catalog_scan_finish_under(Catalog *c, int64_t origin_id, const char *prefix, int64_t generation, uint64_t *ret_removed);
+
 /* Virtual-path inode numbers (D4). Root "" is always 1. Calls fn for every stored (path, id). */
 typedef int (*catalog_node_fn)(const char *path, int64_t id, void *userdata);
 int catalog_nodes_foreach(Catalog *c, catalog_node_fn fn, void *userdata);
 /* Inserts paths that have no id yet in one transaction; writes every path's id to ids[i]. */
 int catalog_nodes_assign(Catalog *c, const char *const *paths, size_t n, int64_t *ids);
+
+/* Full-text search (D5, schema v2): files_fts, an FTS5 index over the tags of files (artist,
+ * albumartist, album, title, genre, composer, year), kept in step by triggers in the same
+ * transactions, diacritics-insensitive. Queries come compiled by daemon/search/ (search.h): match is
+ * an FTS5 MATCH expression, bound as a parameter, never pasted into SQL. Searches run on a read-only
+ * connection of their own, so they do not wait for a scan's batch. */
+#define CATALOG_SEARCH_CAP_DEFAULT 2000
+
+typedef struct CatalogSearchQuery {
+        const char *match;      /* FTS5 MATCH expression; NULL: no text condition (a year range alone) */
+        int year_min, year_max; /* inclusive; 0 = unbounded; any bound excludes files without a year */
+        bool ranked;            /* order by bm25 over the candidates; else catalog order, score 0 */
+        size_t limit;           /* at most this many hits, >= 1 */
+        size_t cap;             /* ranked: candidates scored (0 = CATALOG_SEARCH_CAP_DEFAULT) */
+} CatalogSearchQuery;
+
+typedef struct CatalogSearchHit {
+        int64_t file_id;
+        double score;           /* higher is better; 0 when unranked */
+        char *artist;           /* the track's artist, else its album artist; NULL when none */
+        char *album, *title;    /* NULL when none */
+} CatalogSearchHit;
+
+/* Best first. A search that meets a damaged index (SQLITE_CORRUPT) starts rebuilding it on a thread
+ * of its own and answers -EBUSY, as does every search until the rebuild is over (1.7 s at 100k
+ * tracks); catalog_close() interrupts a rebuild. -EINVAL: FTS5 refused the expression; -ETIMEDOUT:
+ * ran past 5 s. */
+int catalog_search(Catalog *c, const CatalogSearchQuery *q, CatalogSearchHit **ret, size_t *ret_n);
+bool catalog_search_rebuilding(Catalog *c);
+void catalog_search_hits_free(CatalogSearchHit *h, size_t n);
+/* FTS5 integrity-check: 0, or -EBADMSG when the index does not match files. */
+int catalog_search_check(Catalog *c);
+/* Rebuilds the index from files (one transaction). */
+int catalog_search_rebuild(Catalog *c);
+/* check, then rebuild when damaged: 0 = was fine, 1 = rebuilt. catalog_open() does this itself when
+ * the catalog was not closed cleanly. */
+int catalog_search_repair(Catalog *c);

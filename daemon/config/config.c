@@ -11,11 +11,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,10 +32,23 @@
 #define SCAN_BATCH_MAX 100000
 #define TIMEOUT_MAX (365u * 24 * 3600)
 #define PRIORITY_MAX 1000000
+#define CACHE_BUDGET_MIN (UINT64_C(1) << 20)
+#define CACHE_BUDGET_MAX (UINT64_C(1) << 50)
+#define CACHE_READAHEAD_MAX 16
+#define CACHE_MAINTENANCE_MIN 1
+#define CACHE_MAINTENANCE_MAX 3600
+#define POLL_INTERVAL_MIN 1
+#define POLL_INTERVAL_MAX (7u * 24 * 3600)
+#define HEALTH_INTERVAL_MIN 1
+#define HEALTH_INTERVAL_MAX 3600
+#define HEALTH_TIMEOUT_MIN 1
+#define HEALTH_TIMEOUT_MAX 300
 
 static const char main_keys[] =
-        "mountpoint, cache_dir, template, fuse_threads, log_level, bus, scan_batch, entry_timeout, attr_timeout";
-static const char origin_keys[] = "kind, path, priority";
+        "mountpoint, cache_dir, template, fuse_threads, log_level, bus, scan_batch, entry_timeout, attr_timeout, "
+        "poll_interval, health_interval, health_timeout";
+static const char origin_keys[] = "kind, path, priority, watch, poll_interval";
+static const char cache_keys[] = "budget, readahead, passthrough, maintenance_interval";
 
 _printf_(2, 3)
 static int set_error(char **ret_error, const char *format, ...) {
@@ -74,6 +89,12 @@ void config_init_defaults(Config *c) {
                 .log_level = LOG_INFO,
                 .entry_timeout = 86400,
                 .attr_timeout = 86400,
+                .cache_budget = CONFIG_DEFAULT_CACHE_BUDGET,
+                .cache_readahead = CONFIG_DEFAULT_CACHE_READAHEAD,
+                .cache_maintenance_sec = CONFIG_DEFAULT_CACHE_MAINTENANCE_SEC,
+                .poll_interval = CONFIG_DEFAULT_POLL_INTERVAL_SEC,
+                .health_interval = CONFIG_DEFAULT_HEALTH_INTERVAL_SEC,
+                .health_timeout = CONFIG_DEFAULT_HEALTH_TIMEOUT_SEC,
         };
 }
 
@@ -81,6 +102,9 @@ static void origin_config_done(OriginConfig *o) {
         free(o->name);
         free(o->kind);
         free(o->path);
+        free(o->watch);
+        config_s3_done(&o->s3);
+        config_sftp_done(&o->sftp);
         *o = (OriginConfig) {};
 }
 
@@ -105,6 +129,13 @@ static int config_copy(Config *dst, const Config *src) {
                 .log_level = src->log_level,
                 .entry_timeout = src->entry_timeout,
                 .attr_timeout = src->attr_timeout,
+                .cache_budget = src->cache_budget,
+                .cache_readahead = src->cache_readahead,
+                .cache_passthrough = src->cache_passthrough,
+                .cache_maintenance_sec = src->cache_maintenance_sec,
+                .poll_interval = src->poll_interval,
+                .health_interval = src->health_interval,
+                .health_timeout = src->health_timeout,
         };
 
         if (strdup_to(&c.mountpoint, src->mountpoint) < 0 || strdup_to(&c.cache_dir, src->cache_dir) < 0 ||
@@ -118,9 +149,13 @@ static int config_copy(Config *dst, const Config *src) {
                         OriginConfig *o = &c.origins[i];
                         c.n_origins++;
                         o->priority = src->origins[i].priority;
-                        if (strdup_to(&o->name, src->origins[i].name) < 0 ||
+                        o->poll_interval = src->origins[i].poll_interval;
+                        if (strdup_to(&o->watch, src->origins[i].watch) < 0 ||
+                            strdup_to(&o->name, src->origins[i].name) < 0 ||
                             strdup_to(&o->kind, src->origins[i].kind) < 0 ||
-                            strdup_to(&o->path, src->origins[i].path) < 0)
+                            strdup_to(&o->path, src->origins[i].path) < 0 ||
+                            config_s3_copy(&o->s3, &src->origins[i].s3) < 0 ||
+                            config_sftp_copy(&o->sftp, &src->origins[i].sftp) < 0)
                                 goto oom;
                 }
         }
@@ -164,6 +199,8 @@ static int config_append_origin(Config *c, char *name, OriginConfig **ret) {
                 .name = name,
                 .kind = kind,
                 .priority = (unsigned) (10 * (c->n_origins + 1)),
+                .s3 = { .path_style = -1 },
+                .sftp = { .agent = -1 },
         };
         c->n_origins++;
         if (ret)
@@ -177,6 +214,7 @@ typedef enum SectionKind {
         SECTION_NONE,
         SECTION_MAIN,
         SECTION_ORIGIN,
+        SECTION_CACHE,
 } SectionKind;
 
 typedef struct SeenOrigin {
@@ -288,6 +326,10 @@ static int parse_section_header(LoadContext *ctx, char *s) {
                 ctx->section = SECTION_MAIN;
                 return 0;
         }
+        if (strcmp(name, "cache") == 0) {
+                ctx->section = SECTION_CACHE;
+                return 0;
+        }
         if (strncmp(name, "origin", 6) == 0) {
                 char *p = name + 6;
                 if (*p == '.')
@@ -305,7 +347,7 @@ static int parse_section_header(LoadContext *ctx, char *s) {
                 if (*p == '\0')
                         return context_fail(ctx, "origin section needs a name, as in [origin \"music\"]");
         }
-        return context_fail(ctx, "unknown section [%s]; expected [musicfsd] or [origin \"NAME\"]", name);
+        return context_fail(ctx, "unknown section [%s]; expected [musicfsd], [cache] or [origin \"NAME\"]", name);
 }
 
 /* fgets-like reader for ini_parse_stream(): one whole line at a time, or NULL to stop. */
@@ -407,6 +449,12 @@ static int handle_main_key(LoadContext *ctx, const char *key, const char *value)
                 return parse_unsigned(ctx, key, value, 0, TIMEOUT_MAX, &c->entry_timeout);
         if (strcmp(key, "attr_timeout") == 0)
                 return parse_unsigned(ctx, key, value, 0, TIMEOUT_MAX, &c->attr_timeout);
+        if (strcmp(key, "poll_interval") == 0)
+                return parse_unsigned(ctx, key, value, POLL_INTERVAL_MIN, POLL_INTERVAL_MAX, &c->poll_interval);
+        if (strcmp(key, "health_interval") == 0)
+                return parse_unsigned(ctx, key, value, HEALTH_INTERVAL_MIN, HEALTH_INTERVAL_MAX, &c->health_interval);
+        if (strcmp(key, "health_timeout") == 0)
+                return parse_unsigned(ctx, key, value, HEALTH_TIMEOUT_MIN, HEALTH_TIMEOUT_MAX, &c->health_timeout);
         if (strcmp(key, "log_level") == 0) {
                 int level = log_level_from_string(value);
                 if (level < 0)
@@ -427,23 +475,118 @@ static int handle_main_key(LoadContext *ctx, const char *key, const char *value)
         return context_fail(ctx, "unknown key '%s' in [musicfsd]; expected one of %s", key, main_keys);
 }
 
+/* "10G", "512M", "1048576": bytes, with an optional K/M/G/T suffix (powers of 1024, "KiB"/"KB"
+ * spellings too). */
+static int parse_size(LoadContext *ctx, const char *key, const char *value, uint64_t min, uint64_t max,
+                      uint64_t *ret) {
+        static const struct { const char *suffix; unsigned shift; } units[] = {
+                { "", 0 }, { "B", 0 },
+                { "K", 10 }, { "KB", 10 }, { "KiB", 10 },
+                { "M", 20 }, { "MB", 20 }, { "MiB", 20 },
+                { "G", 30 }, { "GB", 30 }, { "GiB", 30 },
+                { "T", 40 }, { "TB", 40 }, { "TiB", 40 },
+        };
+        uint64_t v = 0;
+        const char *p = value;
+
+        if (*p < '0' || *p > '9')
+                return context_fail(ctx, "%s = '%s' is not a size; expected bytes or a number with K, M, G or T, "
+                                    "as in 10G", key, value);
+        for (; *p >= '0' && *p <= '9'; p++) {
+                if (v > (UINT64_MAX - 9) / 10)
+                        return context_fail(ctx, "%s = %s is out of range; expected %" PRIu64 " MiB to %" PRIu64 " TiB",
+                                            key, value, min >> 20, max >> 40);
+                v = v * 10 + (uint64_t) (*p - '0');
+        }
+        p += strspn(p, " \t");
+        for (size_t i = 0; i < ELEMENTSOF(units); i++) {
+                if (strcasecmp(p, units[i].suffix) != 0)
+                        continue;
+                if (units[i].shift > 0 && v > (max >> units[i].shift))
+                        return context_fail(ctx, "%s = %s is out of range; expected %" PRIu64 " MiB to %" PRIu64 " TiB",
+                                            key, value, min >> 20, max >> 40);
+                v <<= units[i].shift;
+                if (v < min || v > max)
+                        return context_fail(ctx, "%s = %s is out of range; expected %" PRIu64 " MiB to %" PRIu64 " TiB",
+                                            key, value, min >> 20, max >> 40);
+                *ret = v;
+                return 0;
+        }
+        return context_fail(ctx, "%s = '%s' has an unknown unit; expected bytes or a number with K, M, G or T, "
+                            "as in 10G", key, value);
+}
+
+static int parse_bool(LoadContext *ctx, const char *key, const char *value, bool *ret) {
+        static const char *const yes[] = { "yes", "true", "on", "1" };
+        static const char *const no[] = { "no", "false", "off", "0" };
+
+        for (size_t i = 0; i < ELEMENTSOF(yes); i++) {
+                if (strcasecmp(value, yes[i]) == 0) {
+                        *ret = true;
+                        return 0;
+                }
+                if (strcasecmp(value, no[i]) == 0) {
+                        *ret = false;
+                        return 0;
+                }
+        }
+        return context_fail(ctx, "%s = '%s' is not a boolean; expected yes or no", key, value);
+}
+
+static int handle_cache_key(LoadContext *ctx, const char *key, const char *value) {
+        Config *c = ctx->config;
+
+        if (strcmp(key, "budget") == 0)
+                return parse_size(ctx, key, value, CACHE_BUDGET_MIN, CACHE_BUDGET_MAX, &c->cache_budget);
+        if (strcmp(key, "readahead") == 0)
+                return parse_unsigned(ctx, key, value, 0, CACHE_READAHEAD_MAX, &c->cache_readahead);
+        if (strcmp(key, "passthrough") == 0)
+                return parse_bool(ctx, key, value, &c->cache_passthrough);
+        if (strcmp(key, "maintenance_interval") == 0)
+                return parse_unsigned(ctx, key, value, CACHE_MAINTENANCE_MIN, CACHE_MAINTENANCE_MAX,
+                                      &c->cache_maintenance_sec);
+        if (strcmp(key, "cache_dir") == 0)
+                return context_fail(ctx, "cache_dir belongs in [musicfsd], not [cache]");
+        return context_fail(ctx, "unknown key '%s' in [cache]; expected one of %s", key, cache_keys);
+}
+
 static int handle_origin_key(LoadContext *ctx, const char *key, const char *value) {
         OriginConfig *o = &ctx->config->origins[ctx->origin];
 
         if (strcmp(key, "kind") == 0) {
-                if (strcmp(value, "s3") == 0 || strcmp(value, "sftp") == 0)
-                        return context_fail(ctx, "origin kind '%s' is not supported by this build; expected 'local'",
+                if (strcmp(value, "local") != 0 && strcmp(value, "s3") != 0 && strcmp(value, "sftp") != 0)
+                        return context_fail(ctx, "kind = '%s' is not an origin kind; expected 'local', 's3' or 'sftp'",
                                             value);
-                if (strcmp(value, "local") != 0)
-                        return context_fail(ctx, "kind = '%s' is not an origin kind; expected 'local'", value);
                 return strdup_to(&o->kind, value) < 0 ? context_oom(ctx) : 0;
         }
         if (strcmp(key, "path") == 0)
                 return set_path(ctx, key, value, &o->path);
         if (strcmp(key, "priority") == 0)
                 return parse_unsigned(ctx, key, value, 0, PRIORITY_MAX, &o->priority);
-        return context_fail(ctx, "unknown key '%s' in [origin \"%s\"]; expected one of %s", key, o->name,
-                            origin_keys);
+        if (strcmp(key, "watch") == 0) {
+                if (strcmp(value, "inotify") != 0 && strcmp(value, "poll") != 0 && strcmp(value, "off") != 0)
+                        return context_fail(ctx, "watch = '%s' is not a watch mode; expected inotify, poll or off", value);
+                return strdup_to(&o->watch, value) < 0 ? context_oom(ctx) : 0;
+        }
+        if (strcmp(key, "poll_interval") == 0)
+                return parse_unsigned(ctx, key, value, POLL_INTERVAL_MIN, POLL_INTERVAL_MAX, &o->poll_interval);
+        _cleanup_free_ char *reason = NULL;
+        int r = config_sftp_key(&o->sftp, key, value, &reason);
+        if (r == -ENOMEM)
+                return context_oom(ctx);
+        if (r < 0 && r != -ENOENT)
+                return context_fail(ctx, "%s", strna(reason));
+        if (r == 0)
+                return 0;
+        r = config_s3_key(&o->s3, ctx->file, key, value, &reason);
+        if (r == -ENOMEM)
+                return context_oom(ctx);
+        if (r < 0 && r != -ENOENT)
+                return context_fail(ctx, "%s", strna(reason));
+        if (r == 0)
+                return 0;
+        return context_fail(ctx, "unknown key '%s' in [origin \"%s\"]; expected one of %s (kind = s3: %s; kind = sftp: %s)",
+                            key, o->name, origin_keys, CONFIG_S3_KEYS, CONFIG_SFTP_KEYS);
 }
 
 static int config_handler(void *user, const char *section, const char *key, const char *raw_value) {
@@ -472,6 +615,8 @@ static int config_handler(void *user, const char *section, const char *key, cons
                 r = context_fail(ctx, "%s needs a value", key);
         else if (ctx->section == SECTION_MAIN)
                 r = handle_main_key(ctx, key, value);
+        else if (ctx->section == SECTION_CACHE)
+                r = handle_cache_key(ctx, key, value);
         else
                 r = handle_origin_key(ctx, key, value);
         return r >= 0;
@@ -828,6 +973,20 @@ int config_validate(const Config *c, char **ret_error) {
                 REFUSE("entry_timeout is %u seconds; expected at most %u", c->entry_timeout, TIMEOUT_MAX);
         if (c->attr_timeout > TIMEOUT_MAX)
                 REFUSE("attr_timeout is %u seconds; expected at most %u", c->attr_timeout, TIMEOUT_MAX);
+        if (c->health_interval < HEALTH_INTERVAL_MIN || c->health_interval > HEALTH_INTERVAL_MAX)
+                REFUSE("health_interval is %u seconds; expected %d to %d", c->health_interval, HEALTH_INTERVAL_MIN,
+                       HEALTH_INTERVAL_MAX);
+        if (c->health_timeout < HEALTH_TIMEOUT_MIN || c->health_timeout > HEALTH_TIMEOUT_MAX)
+                REFUSE("health_timeout is %u seconds; expected %d to %d", c->health_timeout, HEALTH_TIMEOUT_MIN,
+                       HEALTH_TIMEOUT_MAX);
+        if (c->cache_budget < CACHE_BUDGET_MIN || c->cache_budget > CACHE_BUDGET_MAX)
+                REFUSE("cache budget is %" PRIu64 " bytes; expected %" PRIu64 " MiB to %" PRIu64 " TiB",
+                       c->cache_budget, CACHE_BUDGET_MIN >> 20, CACHE_BUDGET_MAX >> 40);
+        if (c->cache_readahead > CACHE_READAHEAD_MAX)
+                REFUSE("cache readahead is %u tracks; expected 0 to %d", c->cache_readahead, CACHE_READAHEAD_MAX);
+        if (c->cache_maintenance_sec < CACHE_MAINTENANCE_MIN || c->cache_maintenance_sec > CACHE_MAINTENANCE_MAX)
+                REFUSE("cache maintenance_interval is %u seconds; expected %d to %d", c->cache_maintenance_sec,
+                       CACHE_MAINTENANCE_MIN, CACHE_MAINTENANCE_MAX);
 
         if (c->n_origins == 0)
                 REFUSE("no origins: give --origin DIR or an [origin \"NAME\"] section with a path");
@@ -841,8 +1000,43 @@ int config_validate(const Config *c, char **ret_error) {
                 for (size_t j = 0; j < i; j++)
                         if (streq_ptr(c->origins[j].name, o->name))
                                 REFUSE("origin name '%s' is used twice", o->name);
+                if (streq_ptr(o->kind, "sftp")) {
+                        _cleanup_free_ char *reason = NULL;
+                        const OriginS3Config *s3 = &o->s3;      /* only its timeout is shared */
+                        if (s3->bucket || s3->endpoint || s3->region || s3->prefix || s3->access_key_id ||
+                            s3->secret_access_key || s3->session_token || s3->credentials_file || s3->profile ||
+                            s3->path_style >= 0)
+                                REFUSE("origin '%s' (kind sftp) has S3 keys (bucket, endpoint, ...); set kind = s3 or remove them",
+                                       o->name);
+                        if (o->priority > PRIORITY_MAX)
+                                REFUSE("origin '%s': priority %u is out of range; expected 0 to %d", o->name,
+                                       o->priority, PRIORITY_MAX);
+                        if (config_sftp_validate(o->name, o->path, &o->sftp, &reason) < 0)
+                                REFUSE("%s", strna(reason));
+                        if (streq_ptr(o->watch, "inotify"))
+                                REFUSE("origin '%s' (kind sftp) cannot be watched with inotify; expected watch = poll or off",
+                                       o->name);
+                        continue;
+                }
+                if (o->sftp.any_key)
+                        REFUSE("origin '%s' has SFTP keys (host, user, ...) but kind '%s'; set kind = sftp",
+                               o->name, strna(o->kind));
+                if (streq_ptr(o->kind, "s3")) {
+                        _cleanup_free_ char *reason = NULL;
+                        if (o->path)
+                                REFUSE("origin '%s' (kind s3) has a path; it takes bucket and prefix instead", o->name);
+                        if (config_s3_validate(o->name, &o->s3, &reason) < 0)
+                                REFUSE("%s", strna(reason));
+                        if (streq_ptr(o->watch, "inotify"))
+                                REFUSE("origin '%s' (kind s3): watch = inotify is for local directories; use poll or off",
+                                       o->name);
+                        continue;
+                }
+                if (o->s3.any_key)
+                        REFUSE("origin '%s' has S3 keys (bucket, endpoint, ...) but kind '%s'; set kind = s3",
+                               o->name, strna(o->kind));
                 if (o->kind && strcmp(o->kind, "local") != 0)
-                        REFUSE("origin '%s': kind '%s' is not supported by this build; expected 'local'",
+                        REFUSE("origin '%s': kind '%s' is not supported by this build; expected 'local', 's3' or 'sftp'",
                                o->name, o->kind);
                 if (o->priority > PRIORITY_MAX)
                         REFUSE("origin '%s': priority %u is out of range; expected 0 to %d", o->name, o->priority,

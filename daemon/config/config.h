@@ -10,8 +10,19 @@
  *   template = {albumartist}/{album} ({year})/{disc}{track:02} - {title}.{ext}
  *   fuse_threads = 8   log_level = info   bus = system|user   scan_batch = 256
  *   entry_timeout = 86400   (seconds; attr_timeout likewise)
+ *   health_interval = 30   (seconds between health checks of every origin, 1..3600; 60 s while
+ *                           offline, i.e. every origin is unhealthy)
+ *   health_timeout = 5     (seconds one health check may take before it counts as failed, 1..300)
+ *   [cache]
+ *   budget = 10G   (bytes, or with a K/M/G/T suffix: powers of 1024)   readahead = 1   (tracks; 0: off)
+ *   passthrough = no   maintenance_interval = 60   (seconds)
  *   [origin "NAME"]    (or [origin.NAME])
  *   kind = local   path = /srv/music-files   priority = 10
+ *   watch = inotify|poll|off   (change detection, issue #6: default inotify for local origins; poll
+ *                               rescans every poll_interval; off: only Rescan and restarts)
+ *   poll_interval = 300        (seconds, 1..604800; also in [musicfsd] as every origin's default)
+ *   kind = s3   bucket = music   (and the other keys in config-s3.h; no path)
+ *   kind = sftp   host = nas   path = /srv/music   (and the other keys in config-sftp.h)
  * One "key = value" per line (at most 197 characters); indentation is allowed; a value in double
  * quotes keeps the blanks at its ends; '#' or ';' starts a comment line, " ;" an inline comment.
  * Drop-ins amend the origin of the same name; a name defined twice in one file is an error.
@@ -20,15 +31,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config-s3.h"
+#include "config-sftp.h"
+
 #define CONFIG_DEFAULT_PATH "/etc/musicfs/musicfsd.conf"
 #define CONFIG_DEFAULT_TEMPLATE "{albumartist}/{album} ({year})/{disc}{track:02} - {title}.{ext}"
 #define CONFIG_DEFAULT_CACHE_DIR "/var/cache/musicfs"
+#define CONFIG_DEFAULT_POLL_INTERVAL_SEC 300
+#define CONFIG_DEFAULT_CACHE_BUDGET (UINT64_C(10) << 30)
+#define CONFIG_DEFAULT_CACHE_READAHEAD 1
+#define CONFIG_DEFAULT_CACHE_MAINTENANCE_SEC 60
+#define CONFIG_DEFAULT_HEALTH_INTERVAL_SEC 30   /* D11 */
+#define CONFIG_DEFAULT_HEALTH_TIMEOUT_SEC 5
 
 typedef struct OriginConfig {
         char *name;             /* [A-Za-z0-9_-]+, unique */
         char *kind;             /* "local" (s3, sftp in later issues) */
         char *path;             /* local: absolute directory */
         unsigned priority;      /* lower is preferred; default: order of appearance × 10 */
+        char *watch;            /* "inotify", "poll", "off"; NULL: the kind's default (local: inotify) */
+        unsigned poll_interval; /* seconds; 0: Config.poll_interval */
+        OriginS3Config s3;      /* kind = s3: its keys (config-s3.h) */
+        OriginSftpConfig sftp;  /* kind = sftp: its keys (config-sftp.h); timeout is s3.timeout_sec */
 } OriginConfig;
 
 typedef struct Config {
@@ -41,6 +65,14 @@ typedef struct Config {
         int log_level;          /* LOG_INFO */
         unsigned entry_timeout; /* seconds, default 86400: the tree is read-only, changes are pushed */
         unsigned attr_timeout;
+        /* [cache] (the directory is cache_dir above) */
+        uint64_t cache_budget;          /* bytes, default 10 GiB, at least 1 MiB */
+        unsigned cache_readahead;       /* next tracks of an album fetched while one plays; 0: off */
+        bool cache_passthrough;         /* start with reads bypassing the cache */
+        unsigned cache_maintenance_sec; /* seconds between maintenance passes, default 60, 1..3600 */
+        unsigned poll_interval; /* seconds between polls of polled origins, default 300 */
+        unsigned health_interval;       /* seconds between health checks, default 30 (D11) */
+        unsigned health_timeout;        /* seconds one health check may take, default 5 */
         OriginConfig *origins;
         size_t n_origins;
         char *config_path;      /* the file that was read, NULL when none */

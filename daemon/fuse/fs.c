@@ -6,9 +6,10 @@
  * interrupt a read() in the kernel and every in-flight request is answered before we unmount.
  *
  * Inode numbers are catalog ids (D4) and live in the Tree, so the filesystem keeps no per-inode
- * state: forget is a no-op and a lookup is a search in whatever tree is published right now. An open
- * directory or file holds a reference on the tree it was opened in, so a listing or a read never
- * sees a node freed under it.
+ * state: forget is a no-op and a lookup is a search in whatever tree is published right now. (The
+ * exception is /.search/: its inodes lie above FS_SEARCH_INO_BASE and fs-search.c serves them.)
+ * An open directory or file holds a reference on the tree it was opened in, so a listing or a read
+ * never sees a node freed under it.
  *
  * A lookup or getattr of an inode that is no longer in the published tree (and not held open)
  * answers ENOENT, not ESTALE: a path that vanished with a rescan should look like any missing file
@@ -35,6 +36,7 @@
 
 #include "failpoint.h"
 #include "fs.h"
+#include "fs-search.h"
 #include "log.h"
 #include "macro.h"
 #include "replica.h"
@@ -43,6 +45,7 @@
 #define NSEC_PER_SEC INT64_C(1000000000)
 /* One log line per error class per this interval, however many readers fail. */
 #define READER_ERROR_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
+#define READER_OFFLINE_LOG_INTERVAL_USEC (60 * USEC_PER_SEC)      /* D11 */
 #define DEFAULT_THREADS 4U
 #define MAX_THREADS 256U
 #define STATFS_BLOCK_SIZE 4096U
@@ -86,6 +89,7 @@ struct FuseFs {
         char *mountpoint;
         TreeStore *trees;
         OriginSet *origins;
+        Cache *cache;           /* NULL: reads go to the replicas directly */
 
         /* Seconds; changed by fusefs_set_timeouts() while workers read them. */
         _Atomic double entry_timeout, attr_timeout;
@@ -112,6 +116,8 @@ struct FuseFs {
         RateLimit reader_errors[_READER_ERROR_MAX];
         RateLimit receive_errors;
 
+        FsSearch *search;       /* /.search/ (fs-search.h); NULL without a catalog */
+
         /* Open files and directories: fstat() of one a rescan removed must still answer (the
          * kernel's GETATTR for fstat() carries no handle), and a connection that ends without
          * RELEASEs must not leak them. */
@@ -125,8 +131,9 @@ struct FuseFs {
 struct NodeHandle {
         Tree *tree;
         const TreeNode *node;
-        /* Files only. Shared by concurrent reads of this handle (async read, readahead): replica.h
-         * allows it. */
+        /* Files only, one of the two (cache_reader with a cache). Shared by concurrent reads of this
+         * handle (async read, readahead): cache.h and replica.h allow it. */
+        CacheReader *cache_reader;
         ReplicaReader *reader;
         NodeHandle *prev, *next;        /* FuseFs.handles */
 };
@@ -142,17 +149,38 @@ static uint64_t now_usec(void) {
 }
 
 /* True when this event may be logged; counts the ones that may not. */
-static bool ratelimit_pass(RateLimit *rl, uint64_t *ret_suppressed) {
+static bool ratelimit_pass_every(RateLimit *rl, uint64_t interval_usec, uint64_t *ret_suppressed) {
         uint64_t now = now_usec();
         uint64_t last = atomic_load_explicit(&rl->last_usec, memory_order_relaxed);
 
-        if ((last == 0 || now - last >= READER_ERROR_LOG_INTERVAL_USEC) &&
+        if ((last == 0 || now - last >= interval_usec) &&
             atomic_compare_exchange_strong(&rl->last_usec, &last, now)) {
                 *ret_suppressed = atomic_exchange(&rl->suppressed, 0);
                 return true;
         }
         atomic_fetch_add_explicit(&rl->suppressed, 1, memory_order_relaxed);
         return false;
+}
+
+static bool ratelimit_pass(RateLimit *rl, uint64_t *ret_suppressed) {
+        return ratelimit_pass_every(rl, READER_ERROR_LOG_INTERVAL_USEC, ret_suppressed);
+}
+
+/* D11: offline is every origin unhealthy (the manager's view in Origin.health). Only asked on a
+ * failure, so the walk over the set costs nothing while reads succeed. */
+static bool fs_offline(FuseFs *fs) {
+        size_t n = 0;
+
+        for (;; n++) {
+                Origin *o = origin_set_at_ref(fs->origins, n);
+                if (!o)
+                        break;
+                bool down = origin_get_health(o) == ORIGIN_UNHEALTHY;
+                origin_unref(o);
+                if (!down)
+                        return false;
+        }
+        return n > 0;
 }
 
 /* The one table from an internal failure to what a reader sees (DESIGN.md "Errors"). Only errors
@@ -200,13 +228,19 @@ static int reader_failure(FuseFs *fs, const Tree *t, const TreeNode *n, int64_t 
         uint64_t suppressed;
         char where[64] = "", since[96] = "";
 
-        if (!ratelimit_pass(&fs->reader_errors[reader_error_class(e)], &suppressed))
+        /* Offline, every uncached read fails: one summary line a minute rather than a flood. */
+        bool offline = fs_offline(fs);
+        if (!ratelimit_pass_every(&fs->reader_errors[reader_error_class(e)],
+                                  offline ? READER_OFFLINE_LOG_INTERVAL_USEC : READER_ERROR_LOG_INTERVAL_USEC, &suppressed))
                 return e;
 
         _cleanup_free_ char *path = n ? tree_node_path(t, n) : NULL;
         if (offset >= 0)
                 snprintf(where, sizeof where, " at offset %" PRIi64, offset);
-        if (suppressed > 0)
+        if (offline)
+                snprintf(since, sizeof since, " (offline: %" PRIu64 " more failed since the last message; "
+                         "summarised once a minute)", suppressed);
+        else if (suppressed > 0)
                 snprintf(since, sizeof since, " (and %" PRIu64 " more like it since the last message)", suppressed);
 
         if (e == ENFILE)
@@ -320,6 +354,15 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
                 return;
         }
 
+        if (fs->search && fs_search_ino(parent)) {
+                fs_search_lookup(fs->search, req, parent, name);
+                return;
+        }
+        if (fs->search && parent == TREE_ROOT_INO && streq(name, FS_SEARCH_DIR_NAME)) {
+                fs_search_root_entry(fs->search, req);
+                return;
+        }
+
         _cleanup_(fs_tree_unrefp) Tree *t = tree_store_get(fs->trees);
         const TreeNode *n = t ? lookup_child(t, parent, name) : NULL;
         if (!n) {
@@ -334,12 +377,22 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
         fuse_reply_entry(req, &e);
 }
 
-/* Inodes are catalog ids held by the Tree; the kernel's lookup counts need no bookkeeping. */
+/* Inodes are catalog ids held by the Tree; the kernel's lookup counts need no bookkeeping, except
+ * for /.search/'s, whose result sets live while the kernel holds them. */
 static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+        FuseFs *fs = fuse_req_userdata(req);
+
+        if (fs->search && fs_search_ino(ino))
+                fs_search_forget(fs->search, ino, nlookup);
         fuse_reply_none(req);
 }
 
 static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
+        FuseFs *fs = fuse_req_userdata(req);
+
+        for (size_t i = 0; fs->search && i < count; i++)
+                if (fs_search_ino(forgets[i].ino))
+                        fs_search_forget(fs->search, forgets[i].ino, forgets[i].nlookup);
         fuse_reply_none(req);
 }
 
@@ -368,6 +421,8 @@ static void handles_remove(FuseFs *fs, NodeHandle *h) {
 static void handle_free(NodeHandle *h) {
         if (!h)
                 return;
+        /* Before the tree: a cache reader uses the node until it is closed. */
+        cache_reader_close(h->cache_reader);
         if (h->reader)
                 replica_reader_close(h->reader);
         tree_unref(h->tree);
@@ -394,6 +449,11 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         FuseFs *fs = fuse_req_userdata(req);
         struct stat st;
 
+        if (fs->search && fs_search_ino(ino)) {
+                fs_search_getattr(fs->search, req, ino);
+                return;
+        }
+
         /* The published tree first: the kernel's inode is shared by every opener and should
          * carry the current size. Only an inode that has left the tree is answered from the
          * snapshot it is still open in, through the handle the kernel sent (the read path) or
@@ -419,6 +479,10 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         if (atomic_load(&fs->no_opendir)) {
                 /* ENOSYS once, and the kernel never asks again (see no_opendir). */
                 fuse_reply_err(req, ENOSYS);
+                return;
+        }
+        if (fs->search && fs_search_ino(ino)) {
+                fs_search_opendir(fs->search, req, ino, fi);
                 return;
         }
 
@@ -462,6 +526,10 @@ static void fs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
         const Tree *tree;
         const TreeNode *dir;
 
+        if (fs->search && fs_search_ino(ino)) {
+                fs_search_readdir(fs->search, req, ino, size, off, plus);
+                return;
+        }
         if (h) {
                 tree = h->tree;
                 dir = h->node;
@@ -577,10 +645,12 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         }
         h->node = n;
 
-        int r = replica_reader_open(fs->origins, n, &h->reader);
+        int r = fs->cache ? cache_reader_open(fs->cache, t, n, &h->cache_reader)
+                          : replica_reader_open(fs->origins, n, &h->reader);
         if (r < 0) {
                 int e = reader_failure(fs, t, n, -1, r);
                 h->reader = NULL;
+                h->cache_reader = NULL;
                 handle_free(h);
                 fuse_reply_err(req, e);
                 return;
@@ -623,7 +693,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
                 return;
         }
 
-        ssize_t n = replica_reader_read(h->reader, buf, size, (uint64_t) off);
+        ssize_t n = h->cache_reader ? cache_reader_read(h->cache_reader, buf, size, (uint64_t) off)
+                                    : replica_reader_read(h->reader, buf, size, (uint64_t) off);
         if (n < 0) {
                 fuse_reply_err(req, reader_failure(fs, h->tree, h->node, (int64_t) off, (int) n));
                 return;
@@ -669,6 +740,11 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 static void fs_access(fuse_req_t req, fuse_ino_t ino, int mask) {
         FuseFs *fs = fuse_req_userdata(req);
 
+        if (fs->search && fs_search_ino(ino)) {
+                fs_search_access(fs->search, req, ino, mask);
+                return;
+        }
+
         _cleanup_(fs_tree_unrefp) Tree *t = tree_store_get(fs->trees);
         const TreeNode *n = t ? tree_get(t, ino) : NULL;
         if (!n)
@@ -682,7 +758,12 @@ static void fs_access(fuse_req_t req, fuse_ino_t ino, int mask) {
 }
 
 static void fs_readlink(fuse_req_t req, fuse_ino_t ino) {
-        fuse_reply_err(req, EINVAL);    /* there are no symlinks in the tree */
+        FuseFs *fs = fuse_req_userdata(req);
+
+        if (fs->search && fs_search_ino(ino))
+                fs_search_readlink(fs->search, req, ino);
+        else
+                fuse_reply_err(req, EINVAL);    /* the tree has no symlinks; /.search/ has */
 }
 
 /* D1: the namespace is read-only. */
@@ -1031,6 +1112,7 @@ static void fusefs_free(FuseFs *fs) {
                 handle_free(h);
         }
         pthread_mutex_destroy(&fs->handles_lock);
+        fs_search_free(fs->search);
         free(fs->workers);
         free(fs->mountpoint);
         free(fs);
@@ -1055,9 +1137,15 @@ int fusefs_mount(const FuseFsOptions *opts, TreeStore *trees, OriginSet *origins
         pthread_mutex_init(&fs->handles_lock, NULL);
         fs->trees = trees;
         fs->origins = origins;
+        fs->cache = opts->cache;
         fusefs_set_timeouts(fs, opts->entry_timeout, opts->attr_timeout);
         fs->uid = getuid();
         fs->gid = getgid();
+        if (opts->catalog) {
+                r = fs_search_new(opts->catalog, trees, fs->uid, fs->gid, &fs->search);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set up /%s: %m", FS_SEARCH_DIR_NAME);
+        }
         fs->n_threads = opts->threads == 0 ? DEFAULT_THREADS : opts->threads;
         if (fs->n_threads > MAX_THREADS)
                 fs->n_threads = MAX_THREADS;

@@ -2,11 +2,13 @@
 #pragma once
 /* The FUSE filesystem: low-level API, read-only (D1), served by our own pool of worker threads
  * reading a non-blocking /dev/fuse fd, so that stopping is: stop taking requests, let in-flight ones
- * finish, unmount. Every operation answers from the published Tree and the ReplicaReader and answers
- * an errno on failure; nothing here waits on the event loop. */
+ * finish, unmount. Every operation answers from the published Tree and the chunk cache (cache.h; the
+ * ReplicaReader when mounted without one) and answers an errno on failure; nothing here waits on the
+ * event loop. */
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "cache.h"
 #include "origin.h"
 #include "tree.h"
 
@@ -18,6 +20,8 @@ typedef struct FuseFsOptions {
         double entry_timeout, attr_timeout;     /* seconds */
         bool allow_other;               /* only when running as root */
         bool debug;
+        Cache *cache;                   /* reads go through it; NULL: straight to the replicas */
+        Catalog *catalog;               /* /.search/ runs its queries here (fs-search.h); NULL: none */
 } FuseFsOptions;
 
 /* Mounts (checks the mountpoint: absolute, a directory, empty) but starts no thread yet.

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -170,6 +171,16 @@ static ssize_t local_pread(OriginFile *file, void *buf, size_t size, uint64_t of
                 if (errno != EINTR)
                         return negative_errno();
         }
+}
+
+/* Bytes the page cache holds, without waiting on the device (D10's fast path: origin.c skips the
+ * worker hop when this answers). -EAGAIN when the read would wait, or the file system cannot say. */
+static ssize_t local_pread_nowait(OriginFile *file, void *buf, size_t size, uint64_t offset) {
+        LocalFile *f = (LocalFile *) file;
+        struct iovec iov = { .iov_base = buf, .iov_len = size };
+
+        ssize_t n = preadv2(f->fd, &iov, 1, (off_t) offset, RWF_NOWAIT);
+        return n >= 0 ? n : -EAGAIN;
 }
 
 static void local_close(OriginFile *file) {
@@ -406,7 +417,11 @@ static int walk_entry(Walk *w, int dir_fd, const struct dirent *de, size_t path_
         return 0;
 }
 
-static int local_walk(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata) {
+/* The walk of the subtree at rel_dir ("" the whole origin). A subtree that is not there (any more)
+ * fails the walk with -ENOENT/-ENOTDIR, quietly: the sync scans directories that events named, and
+ * one that went away since is news, not an error. */
+static int local_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, origin_walk_skipped_fn skipped,
+                            void *userdata) {
         LocalOrigin *l = local_origin(o);
         _cleanup_(walk_done) Walk w = {
                 .origin = l,
@@ -417,14 +432,20 @@ static int local_walk(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipp
         size_t len;
         int r;
 
-        r = walk_path_set(&w, 0, "", &len);
+        if (rel_dir[0] && origin_rel_path_check(rel_dir) < 0)
+                return -EINVAL;
+        r = walk_path_set(&w, 0, rel_dir, &len);
         if (r < 0)
                 return r;
 
-        int fd = openat(l->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return log_error_errno(errno, "Failed to open origin directory %s: %m", o->url);
-        r = walk_push(&w, fd, 0);
+        int fd = openat(l->root_fd, rel_dir[0] ? rel_dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) {
+                if (rel_dir[0] && errno_is_gone(errno))
+                        return -errno;
+                return log_error_errno(errno, "Failed to open origin directory %s%s%s: %m", o->url,
+                                       rel_dir[0] ? "/" : "", rel_dir);
+        }
+        r = walk_push(&w, fd, len);
         if (r < 0)
                 return r;
 
@@ -470,6 +491,10 @@ static int local_walk(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipp
         return (int) w.n_unread;
 }
 
+static int local_walk(Origin *o, origin_walk_fn fn, origin_walk_skipped_fn skipped, void *userdata) {
+        return local_walk_under(o, "", fn, skipped, userdata);
+}
+
 static void local_free(Origin *o) {
         LocalOrigin *l = local_origin(o);
         closep(&l->root_fd);
@@ -481,8 +506,10 @@ static const OriginOps local_ops = {
         .stat = local_stat,
         .open = local_open,
         .pread = local_pread,
+        .pread_nowait = local_pread_nowait,
         .close = local_close,
         .walk = local_walk,
+        .walk_under = local_walk_under,
         .check = local_check,
         .free = local_free,
 };

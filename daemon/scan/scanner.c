@@ -34,11 +34,12 @@ static uint64_t path_hash(const char *s) {
         return h;
 }
 
-static int known_files_load(KnownFiles *k, Catalog *catalog, int64_t origin_id) {
+/* prefix "": every row of the origin; otherwise those at or below prefix (a targeted scan). */
+static int known_files_load(KnownFiles *k, Catalog *catalog, int64_t origin_id, const char *prefix) {
         size_t n_slots = 16;
         int r;
 
-        r = catalog_load_origin_files(catalog, origin_id, &k->files, &k->n_files);
+        r = catalog_load_origin_files_under(catalog, origin_id, prefix, &k->files, &k->n_files);
         if (r < 0)
                 return r;
 
@@ -84,6 +85,7 @@ typedef enum PendingKind {
         PENDING_KEEP,           /* changed but unreadable this time: stamp the old row, retry next scan */
         PENDING_UPSERT,         /* new or changed: write the row */
         PENDING_UNREAD,         /* not seen, under an entry the walk could not read: stamp the row */
+        PENDING_REMOVE,         /* a resumed scan did not see it: gone since the interrupted scan stamped it */
 } PendingKind;
 
 typedef struct Pending {
@@ -110,6 +112,7 @@ typedef struct Scan {
         uint64_t n_unstamped;   /* existing rows whose stamp could not be written */
 
         int error;      /* why the walk callback stopped the walk */
+        bool checkpoint;        /* a full scan: record progress with every batch, so it can resume */
 } Scan;
 
 static void pending_clear(Scan *s) {
@@ -163,6 +166,17 @@ static int scan_flush(Scan *s) {
                         /* Keep its old row rather than let the end of the scan remove it. */
                 }
 
+                if (p->kind == PENDING_REMOVE) {
+                        r = catalog_batch_remove(b, s->origin->id, p->file.rel_path);
+                        if (r >= 0)
+                                stats.removed++;
+                        else if (r != -ENOENT && n_failed++ == 0) {
+                                first_failed = p->file.rel_path;
+                                first_error = r;
+                        }
+                        continue;
+                }
+
                 r = catalog_batch_touch(b, s->origin->id, p->file.rel_path, s->generation);
                 if (r >= 0) {
                         if (p->kind == PENDING_UNCHANGED)
@@ -188,6 +202,12 @@ static int scan_flush(Scan *s) {
                 log_warning_errno(first_error, "Origin %s: cannot write %s to the catalog%s: %m",
                                   s->origin->name, first_failed, n_failed > 1 ? " (and other files of this batch)" : "");
 
+        /* Inside the batch's transaction, so that the count and the rows it counts never disagree. */
+        if (s->checkpoint) {
+                r = catalog_batch_checkpoint(b, s->origin->id, stats.seen);
+                if (r < 0)
+                        log_debug_errno(r, "Origin %s: cannot record the scan's progress: %m", s->origin->name);
+        }
         r = catalog_batch_commit(b);
         pending_clear(s);
         if (r < 0)
@@ -239,6 +259,7 @@ static int scan_read_tags(Scan *s, const char *rel_path, uint64_t size, TrackTag
         if (r < 0)
                 return r;
 
+        s->stats.read++;
         r = origin_open(s->origin, rel_path, &f);
         if (r < 0)
                 return r;
@@ -388,6 +409,37 @@ static int scan_keep_unread(Scan *s) {
         return scan_flush(s);
 }
 
+static int scan_remove_unseen(Scan *s) {
+        int r;
+
+        if (s->n_unread > 0)
+                qsort(s->unread, s->n_unread, sizeof *s->unread, string_compare);
+        for (size_t i = 0; i < s->known.n_files; i++) {
+                const CatalogFile *known = &s->known.files[i];
+
+                if (s->known.seen[i] || (s->n_unread > 0 && scan_is_unread(s, known->rel_path)))
+                        continue;
+                if (scan_cancelled(s))
+                        return -ECANCELED;
+                OriginStat st = { .size = known->size, .mtime_ns = known->mtime_ns };
+                if (!pending_add(s, PENDING_REMOVE, known->rel_path, &st, NULL, true))
+                        return scan_oom(s);
+                if (s->n_pending >= s->batch_size) {
+                        r = scan_flush(s);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return scan_flush(s);
+}
+
+/* The walk ran to its end: the next full scan starts afresh. */
+static void scan_checkpoint_end(Scan *s) {
+        int r = catalog_scan_checkpoint_clear(s->catalog, s->origin->id);
+        if (r < 0)      /* the next scan resumes this one's generation, which is harmless */
+                log_warning_errno(r, "Origin %s: cannot clear the scan's checkpoint, ignoring: %m", s->origin->name);
+}
+
 static void scan_done(Scan *s) {
         pending_clear(s);
         free(s->pending);
@@ -420,13 +472,23 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
         if (!s.pending)
                 return -ENOMEM;
 
-        r = known_files_load(&s.known, catalog, origin->id);
+        r = known_files_load(&s.known, catalog, origin->id, "");
         if (r < 0)
                 return log_error_errno(r, "Origin %s: cannot load its catalog rows: %m", origin->name);
 
-        r = catalog_scan_begin(catalog, origin->id, &s.generation);
+        uint64_t resumed = 0;
+        r = catalog_full_scan_begin(catalog, origin->id, &s.generation, &resumed);
         if (r < 0)
                 return log_error_errno(r, "Origin %s: cannot begin a scan: %m", origin->name);
+        s.checkpoint = true;
+        /* The files the interrupted scan got through have their rows: they compare unchanged now and
+         * cost a stat and a stamp each, no tag read. */
+        bool resuming = r > 0;
+        if (resuming) {
+                s.stats.resumed = resumed;
+                log_info("Origin %s: resuming an interrupted scan (generation %" PRIi64 ", %" PRIu64 " files done)",
+                         origin->name, s.generation, resumed);
+        }
 
         r = origin_walk_full(origin, scan_file, scan_unread, &s);
         if (r >= 0 && scan_cancelled(&s))
@@ -467,6 +529,7 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
                 log_warning("Origin %s: %s has no audio files left; keeping its %zu catalogued files in case it "
                             "is an unmounted disk (remove the origin to drop them)",
                             origin->name, strna(origin->url), s.known.n_files);
+                scan_checkpoint_end(&s);
                 return 0;
         }
 
@@ -476,6 +539,7 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
                          * removed safely. */
                         log_warning("Origin %s: scan of %s incomplete (%u entries unreadable); nothing removed",
                                     origin->name, strna(origin->url), n_unreadable);
+                        scan_checkpoint_end(&s);
                         return 0;
                 }
                 r = scan_keep_unread(&s);
@@ -495,19 +559,207 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
         if (s.n_unstamped > 0) {
                 log_warning("Origin %s: %" PRIu64 " catalogued files could not be stamped as seen; nothing removed",
                             origin->name, s.n_unstamped);
+                scan_checkpoint_end(&s);
                 return 0;
+        }
+
+        /* The interrupted scan stamped files with this generation that may have gone since: they are
+         * the rows this walk did not see, outside what it could not read. */
+        if (resuming) {
+                r = scan_remove_unseen(&s);
+                if (r < 0)
+                        return log_error_errno(r, "Origin %s: cannot remove the files gone since the interrupted scan, "
+                                               "nothing removed: %m", origin->name);
         }
 
         r = catalog_scan_finish(catalog, origin->id, s.generation, &removed);
         if (r < 0)
                 return log_error_errno(r, "Origin %s: cannot finish the scan: %m", origin->name);
-        s.stats.removed = removed;
+        s.stats.removed += removed;
+        if (ret)
+                *ret = s.stats;
+        scan_checkpoint_end(&s);
+
+        log_info("Origin %s: scanned %" PRIu64 " files: %" PRIu64 " added, %" PRIu64 " changed, %" PRIu64 " removed, %"
+                 PRIu64 " unchanged, %" PRIu64 " unreadable tags, %" PRIu64 " failed, %" PRIu64 " tags read",
+                 origin->name, s.stats.seen, s.stats.added, s.stats.changed, s.stats.removed,
+                 s.stats.unchanged, s.stats.unparsed, s.stats.failed, s.stats.read);
+        return 0;
+}
+
+/* ---- targeted scans (sync, issue #6) ---- */
+
+static bool path_has_prefix_dir(const char *path, const char *dir) {
+        size_t n = strlen(dir);
+        return strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
+/* "" (the whole origin), or relative with no empty, "." or ".." component: what the origin accepts. */
+static bool rel_path_valid(const char *p) {
+        if (!p[0])
+                return true;
+        for (;;) {
+                size_t n = strcspn(p, "/");
+                if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+                        return false;
+                if (!p[n])
+                        return true;
+                p += n + 1;
+        }
+}
+
+/* Sorted, without duplicates, and without paths below another one of the list (its scan covers
+ * them). Returns the count kept; the pointers are borrowed. */
+static size_t paths_normalize(const char **paths, size_t n) {
+        size_t kept = 0;
+
+        qsort(paths, n, sizeof *paths, string_compare);
+        for (size_t i = 0; i < n; i++) {
+                if (kept > 0 && (strcmp(paths[kept - 1], paths[i]) == 0 || path_has_prefix_dir(paths[i], paths[kept - 1])))
+                        continue;
+                /* "a" sorts before "a b" before "a/x": an ancestor may be more than one entry back. */
+                bool covered = false;
+                for (size_t j = kept; j > 0 && !covered; j--)
+                        covered = path_has_prefix_dir(paths[i], paths[j - 1]);
+                if (!covered)
+                        paths[kept++] = paths[i];
+        }
+        return kept;
+}
+
+/* One path of a targeted scan, under s->generation: the file, the directory's subtree, or the rows
+ * of what is gone. 1 when the removals under it may run, 0 when they may not (something there was
+ * unreadable), or a negative errno that stops the scan. */
+static int scan_one_path(Scan *s, const char *path) {
+        OriginStat st;
+        int r;
+
+        known_files_done(&s->known);
+        r = known_files_load(&s->known, s->catalog, s->origin->id, path);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot load the catalog rows of %s: %m", s->origin->name, path);
+        for (size_t i = 0; i < s->n_unread; i++)
+                free(s->unread[i]);
+        s->n_unread = 0;
+
+        r = origin_stat(s->origin, path, &st);
+        if (r >= 0) {
+                r = scan_file(path, &st, s);
+                if (r < 0)
+                        return s->error < 0 ? s->error : r;
+        } else if (r == -EISDIR) {
+                r = origin_walk_under(s->origin, path, scan_file, scan_unread, s);
+                if (s->error < 0)
+                        return s->error;
+                if (r == -ENOENT || r == -ENOTDIR)      /* gone while we looked */
+                        r = 0;
+                if (r < 0) {
+                        log_warning_errno(r, "Origin %s: cannot walk %s, keeping its files: %m", s->origin->name, path);
+                        return 0;
+                }
+                if (r > 0) {
+                        if (s->n_unread < (size_t) r)
+                                return 0;
+                        r = scan_keep_unread(s);
+                        if (r < 0)
+                                return r;
+                }
+        } else if (r != -ENOENT && r != -ENOTDIR && r != -EINVAL) {
+                /* EACCES, EIO...: unknown, not gone. */
+                log_warning_errno(r, "Origin %s: cannot stat %s, keeping its files: %m", s->origin->name, path);
+                return 0;
+        }
+
+        r = scan_flush(s);
+        if (r < 0)
+                return r;
+        return 1;
+}
+
+int scan_origin_paths(Catalog *catalog, Origin *origin, const char *const *paths, size_t n_paths, unsigned batch_size,
+                      const ScanHooks *hooks, ScanStats *ret) {
+        _cleanup_(scan_done) Scan s = {
+                .catalog = catalog,
+                .origin = origin,
+                .hooks = hooks,
+                .batch_size = batch_size == 0 ? SCAN_BATCH_SIZE_DEFAULT :
+                              batch_size > SCAN_BATCH_SIZE_MAX ? SCAN_BATCH_SIZE_MAX : batch_size,
+        };
+        _cleanup_free_ const char **sorted = NULL;
+        _cleanup_free_ bool *removable = NULL;
+        int r;
+
+        if (ret)
+                *ret = (ScanStats) {};
+        if (!catalog || !origin || (n_paths > 0 && !paths))
+                return -EINVAL;
+        for (size_t i = 0; i < n_paths; i++)
+                if (!paths[i] || !rel_path_valid(paths[i]))
+                        return -EINVAL;
+        for (size_t i = 0; i < n_paths; i++)
+                if (!paths[i][0])       /* the whole origin */
+                        return scan_origin(catalog, origin, batch_size, hooks, ret);
+        if (n_paths == 0)
+                return 0;
+
+        tags_init();
+        s.pending = calloc(s.batch_size, sizeof *s.pending);
+        sorted = calloc(n_paths, sizeof *sorted);
+        removable = calloc(n_paths, sizeof *removable);
+        if (!s.pending || !sorted || !removable)
+                return -ENOMEM;
+        memcpy(sorted, paths, n_paths * sizeof *paths);
+        n_paths = paths_normalize(sorted, n_paths);
+
+        r = catalog_scan_begin(catalog, origin->id, &s.generation);
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot begin a scan: %m", origin->name);
+
+        for (size_t i = 0; i < n_paths; i++) {
+                if (scan_cancelled(&s)) {
+                        r = -ECANCELED;
+                        break;
+                }
+                r = scan_one_path(&s, sorted[i]);
+                if (r < 0)
+                        break;
+                removable[i] = r > 0;
+                r = 0;
+        }
+        if (ret)
+                *ret = s.stats;
+        if (r == -ECANCELED)
+                return r;
+        if (r < 0)
+                return log_warning_errno(r, "Origin %s: scan of changed paths failed, nothing removed: %m", origin->name);
+
+        /* A root that went away makes every path look gone: only an origin still there may lose
+         * rows. */
+        r = origin_check(origin);
+        if (r < 0)
+                return log_warning_errno(r, "Origin %s: %s is not reachable, nothing removed: %m", origin->name,
+                                         strna(origin->url));
+        if (s.n_unstamped > 0) {
+                log_warning("Origin %s: %" PRIu64 " catalogued files could not be stamped as seen; nothing removed",
+                            origin->name, s.n_unstamped);
+                return 0;
+        }
+        for (size_t i = 0; i < n_paths; i++) {
+                uint64_t removed = 0;
+
+                if (!removable[i])
+                        continue;
+                r = catalog_scan_finish_under(catalog, origin->id, sorted[i], s.generation, &removed);
+                if (r < 0)
+                        return log_error_errno(r, "Origin %s: cannot finish the scan of %s: %m", origin->name, sorted[i]);
+                s.stats.removed += removed;
+        }
         if (ret)
                 *ret = s.stats;
 
-        log_info("Origin %s: scanned %" PRIu64 " files: %" PRIu64 " added, %" PRIu64 " changed, %" PRIu64 " removed, %"
-                 PRIu64 " unchanged, %" PRIu64 " unreadable tags, %" PRIu64 " failed",
-                 origin->name, s.stats.seen, s.stats.added, s.stats.changed, s.stats.removed,
-                 s.stats.unchanged, s.stats.unparsed, s.stats.failed);
+        log_debug("Origin %s: synced %zu changed paths (%s%s): %" PRIu64 " files, %" PRIu64 " added, %" PRIu64
+                  " changed, %" PRIu64 " removed, %" PRIu64 " tags read",
+                  origin->name, n_paths, sorted[0], n_paths > 1 ? ", ..." : "", s.stats.seen, s.stats.added,
+                  s.stats.changed, s.stats.removed, s.stats.read);
         return 0;
 }

@@ -2,7 +2,9 @@
 #pragma once
 /* The scanner: walks one origin, reads tags of new or changed files (size or mtime differ from the
  * catalog), and writes the catalog in batched transactions; rows not seen are removed at the end,
- * except those under what the walk could not read.
+ * except those under what the walk could not read. A full scan checkpoints its progress in every
+ * batch and, killed halfway, resumes at the next one (catalog_full_scan_begin()); the sync's
+ * targeted scans (scan_origin_paths()) cover only the paths that changed.
  * Runs on the caller's thread; the manager runs it on a background thread. */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -17,6 +19,8 @@ typedef struct ScanStats {
         uint64_t failed;        /* skipped: the origin could not stat/open/read them */
         uint64_t unreadable;    /* entries the walk could not read (mostly directories), see origin_walk() */
         uint64_t kept;          /* catalogued files under those: unknown this time, so kept as they were */
+        uint64_t read;          /* files whose tags were read (new or changed ones); unchanged files cost a stat */
+        uint64_t resumed;       /* a full scan that took over an interrupted one: the files it had done */
 } ScanStats;
 
 typedef struct ScanHooks {
@@ -34,3 +38,13 @@ typedef struct ScanHooks {
  * list: EACCES, EIO, ...); the rest of the origin gets its removals as usual. Both count as success.
  * batch_size 0 means the default (256). Tags are read outside the catalog's transactions. */
 int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const ScanHooks *hooks, ScanStats *ret);
+
+/* A scan of what changed (sync, issue #6): each path is a rel_path an event or a poll named, be it
+ * a file, a directory (its subtree is walked) or something no longer there (its rows, and the rows
+ * below it, go). "" among them makes it a full scan_origin(). Rows elsewhere in the origin are not
+ * touched; a file is new or changed when its size or mtime differs from its row's (equality only,
+ * so a clock that jumped cannot hide a change or fake one), and an unchanged file costs a stat.
+ * What cannot be read is kept; nothing is removed unless origin_check() still passes at the end.
+ * Paths are borrowed; a full scan's checkpoint is not touched. */
+int scan_origin_paths(Catalog *catalog, Origin *origin, const char *const *paths, size_t n_paths, unsigned batch_size,
+                      const ScanHooks *hooks, ScanStats *ret);

@@ -2,7 +2,7 @@
 /* The virtual tree. A build runs in passes over flat arrays indexed by file, virtual file and
  * directory number, with open-addressing hash indexes that store only those numbers, so 100k tracks
  * cost a few large allocations rather than hundreds of thousands of small ones. The finished Tree
- * is four arrays (nodes, children, replicas, inode index) and one string arena.
+ * is five arrays (nodes, children, replicas, inode index, file index) and one string arena.
  *
  * Album grouping (for {disc} and compilations), decided here:
  *   - tracks with the same album tag and the same album artist tag (the artist when there is no
@@ -193,6 +193,13 @@ struct Tree {
         TreeReplica *replicas;
         uint32_t *ino_slots;    /* node index + 1, 0 = empty */
         size_t ino_mask;
+        /* Catalog file id -> node, for search hits: one entry per replica, sorted by file id (16
+         * bytes a replica, binary search; cheaper than a hash at 100k+ tracks). */
+        struct TreeFileEntry {
+                int64_t file_id;
+                uint32_t node;
+        } *files_by_id;
+        size_t n_files_by_id;
         Arena strings;
 };
 
@@ -203,6 +210,7 @@ static void tree_free(Tree *t) {
         free(t->children);
         free(t->replicas);
         free(t->ino_slots);
+        free(t->files_by_id);
         arena_free(&t->strings);
         free(t);
 }
@@ -249,6 +257,49 @@ static int tree_index_inodes(Tree *t) {
                 t->ino_slots[j] = (uint32_t) i + 1;
         }
         return 0;
+}
+
+static int file_entry_cmp(const void *x, const void *y) {
+        const struct TreeFileEntry *a = x, *b = y;
+        return (a->file_id > b->file_id) - (a->file_id < b->file_id);
+}
+
+static int tree_index_files(Tree *t) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < t->n_nodes; i++)
+                n += t->nodes[i].is_dir ? 0 : t->nodes[i].n_replicas;
+        if (n == 0)
+                return 0;
+        t->files_by_id = reallocarray(NULL, n, sizeof *t->files_by_id);
+        if (!t->files_by_id)
+                return -ENOMEM;
+        for (size_t i = 0; i < t->n_nodes; i++)
+                for (size_t j = 0; !t->nodes[i].is_dir && j < t->nodes[i].n_replicas; j++)
+                        t->files_by_id[t->n_files_by_id++] = (struct TreeFileEntry) {
+                                .file_id = t->nodes[i].replicas[j].file_id,
+                                .node = (uint32_t) i,
+                        };
+        qsort(t->files_by_id, t->n_files_by_id, sizeof *t->files_by_id, file_entry_cmp);
+        return 0;
+}
+
+const TreeNode *tree_find_file(const Tree *t, int64_t file_id) {
+        size_t lo = 0, hi;
+
+        if (!t || !t->files_by_id)
+                return NULL;
+        hi = t->n_files_by_id;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (t->files_by_id[mid].file_id == file_id)
+                        return t->nodes + t->files_by_id[mid].node;
+                if (t->files_by_id[mid].file_id < file_id)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return NULL;
 }
 
 const TreeNode *tree_get(const Tree *t, uint64_t ino) {
@@ -1061,6 +1112,9 @@ int tree_build(Catalog *catalog, const Template *tpl, const CatalogFile *files, 
         if (r < 0)
                 goto finish;
         r = build_inodes(&b, catalog);
+        if (r < 0)
+                goto finish;
+        r = tree_index_files(b.tree);
         if (r < 0)
                 goto finish;
 

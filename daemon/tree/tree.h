@@ -53,6 +53,8 @@ void tree_unref(Tree *t);       /* NULL is fine */
 
 const TreeNode *tree_get(const Tree *t, uint64_t ino);         /* NULL when unknown */
 const TreeNode *tree_lookup(const Tree *t, uint64_t parent_ino, const char *name);
+/* The file that has catalog row file_id as one of its replicas; NULL when none. O(log n). */
+const TreeNode *tree_find_file(const Tree *t, int64_t file_id);
 uint64_t tree_track_count(const Tree *t);
 uint64_t tree_node_count(const Tree *t);
 /* Path of a node relative to the root ("Artist/Album/01 - x.flac"), newly allocated. */

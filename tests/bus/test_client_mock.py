@@ -276,13 +276,28 @@ class ClientMockTest(dbusmock.DBusTestCase):
         rc, out, err = ctl('check', 'nope')
         self.assertEqual((rc, out, err), (EXIT_DAEMON, '', 'No origin named nope.\n'))
 
+    def table(self, out):
+        rows = [line.split(None, 1) for line in out.splitlines()]
+        self.assertEqual(rows[0], ['FIGURE', 'VALUE'])
+        return dict((k, v) for k, v in rows[1:])
+
     def test_cache(self):
         out = self.assertOk(ctl('cache'))
-        self.assertEqual(fields(out), {'Bytes': '734003200', 'Budget': '10737418240', 'Chunks': '11200',
-                                       'PinnedPaths': '0', 'HitRatio': '0.93', 'Directory': '/var/cache/musicfs'})
-        self.assertEqual(json.loads(self.assertOk(ctl('cache', '--json'))), {
-            'Bytes': 734003200, 'Budget': 10737418240, 'Chunks': 11200, 'PinnedPaths': 0, 'HitRatio': 0.93,
-            'Directory': '/var/cache/musicfs'})
+        self.assertEqual(self.assertOk(ctl('cache', 'stats')), out)
+        t = self.table(out)
+        self.assertEqual(t['bytes'], '700.0M (734003200)')
+        self.assertEqual(t['budget'], '10.0G (10737418240)')
+        self.assertEqual(t['pinned-bytes'], '0B (0)')
+        self.assertEqual(t['dedup-ratio'], '1.00')
+        self.assertEqual(t['disk-percent'], '42.5%')
+        self.assertEqual(t['hits'], '10400')
+        self.assertEqual(t['passthrough'], 'no')
+        self.assertEqual(t['passthrough-reason'], 'none')
+        st = json.loads(self.assertOk(ctl('cache', '--json')))
+        self.assertEqual(st, json.loads(self.assertOk(ctl('cache', 'stats', '--json'))))
+        self.assertEqual((st['bytes'], st['budget'], st['chunks'], st['pins'], st['dedup-ratio'], st['passthrough']),
+                         (734003200, 10737418240, 11200, 0, 1.0, False))
+        self.assertNotIn('FIGURE', self.assertOk(ctl('cache', '--no-legend')))
         # Whatever the daemon puts in the dictionary comes through, nested values included.
         self.mock.SetCacheStats(dbus.Dictionary({
             'Watermarks': dbus.Array([dbus.Byte(90), dbus.Byte(95), dbus.Byte(99)], signature='y', variant_level=1),
@@ -291,8 +306,38 @@ class ClientMockTest(dbusmock.DBusTestCase):
         }, signature='sv'))
         self.assertEqual(json.loads(self.assertOk(ctl('cache', '--json'))), {
             'Watermarks': [90, 95, 99], 'Disk': ['/dev/sda1', True, -1], 'PerOrigin': {'nas': 5}})
-        f = fields(self.assertOk(ctl('cache')))
-        self.assertEqual(f, {'Watermarks': '[90, 95, 99]', 'Disk': '(/dev/sda1, yes, -1)', 'PerOrigin': '{nas: 5}'})
+        t = self.table(self.assertOk(ctl('cache')))
+        self.assertEqual(t, {'Watermarks': '[90, 95, 99]', 'Disk': '(/dev/sda1, yes, -1)', 'PerOrigin': '{nas: 5}'})
+
+    def test_cache_verify_and_repair(self):
+        res = json.loads(self.assertOk(ctl('cache', 'verify', '--json')))
+        self.assertEqual(res, {'checked': 11200, 'bad': 0, 'missing': 0, 'orphans': 0, 'repaired': 0})
+        self.assertEqual(self.table(self.assertOk(ctl('cache', 'verify')))['checked'], '11200')
+        # Problems: verify says so and exits 1; repair fixes them and exits 0; verify is clean again.
+        self.mock.SetVerifyResult(dbus.Dictionary({'bad': dbus.UInt64(2), 'orphans': dbus.UInt64(1)}, signature='sv'))
+        rc, out, err = ctl('cache', 'verify')
+        self.assertEqual(rc, EXIT_DAEMON)
+        self.assertEqual(self.table(out)['bad'], '2')
+        self.assertEqual(err, "The cache has 3 problems; 'musicfsctl cache repair' fixes them.\n")
+        rc, out, err = ctl('cache', 'verify', '--json')
+        self.assertEqual((rc, err), (EXIT_DAEMON, ''))
+        self.assertEqual(json.loads(out)['orphans'], 1)
+        self.assertEqual(json.loads(self.assertOk(ctl('cache', 'repair', '--json')))['repaired'], 3)
+        self.assertEqual(json.loads(self.assertOk(ctl('cache', 'verify', '--json')))['bad'], 0)
+        self.assertEqual(self.calls('VerifyCache'), [[False]] * 4 + [[True], [False]])
+        # Only repair is privileged.
+        checks = [str(a) for a, _ in self.mock.GetAuthorizationChecks()]
+        self.assertEqual(checks.count('org.musicfs.manager.cache'), 1)
+        self.mock.SetVerifyBusy(True)
+        rc, out, err = ctl('cache', 'verify')
+        self.assertEqual((rc, out), (EXIT_DAEMON, ''))
+        self.assertEqual(err, 'Failed to verify the cache: A verification of the cache is running already.\n')
+        self.mock.SetAuthorized(False)
+        self.mock.SetVerifyBusy(False)
+        rc, out, err = ctl('cache', 'repair')
+        self.assertEqual(rc, EXIT_DENIED)
+        self.assertTrue(err.startswith('Not allowed to repair the cache: '), err)
+        self.assertEqual(ctl('cache', 'verify')[0], 0)
 
     # ---------------------------------------------------------------------------------------------
     # rescan
@@ -432,11 +477,19 @@ class ClientMockTest(dbusmock.DBusTestCase):
         the daemon always gets the absolute path in the tree."""
         album = 'Miles Davis/Kind of Blue (1959)'
         self.assertEqual(self.assertOk(ctl('pin', album)), '')
-        self.assertEqual(self.assertOk(ctl('pin', '/srv/music/' + album)), '')
+        self.assertEqual(self.assertOk(ctl('cache', 'pin', '/srv/music/' + album)), '')
+        self.assertEqual(json.loads(self.assertOk(ctl('cache', '--json')))['pins'], 1)
         self.assertEqual(self.assertOk(ctl('unpin', '/' + album)), '')
-        self.assertEqual(self.assertOk(ctl('unpin', '/srv/music')), '')
-        self.assertEqual(self.assertOk(ctl('unpin', '/srv/musical')), '')     # not under /srv/music
-        self.assertEqual(self.calls('Pin'), [['/' + album], ['/' + album]])
+        self.assertEqual(self.assertOk(ctl('cache', 'pin', '/srv/music')), '')        # everything
+        self.assertEqual(self.assertOk(ctl('cache', 'unpin', '/srv/music')), '')
+        self.assertEqual(json.loads(self.assertOk(ctl('cache', '--json')))['pins'], 0)
+        rc, out, err = ctl('unpin', '/srv/musical')      # not under /srv/music: a path in the tree
+        self.assertEqual((rc, out, err), (EXIT_DAEMON, '', 'Failed to unpin /srv/musical: "/srv/musical" is not pinned.\n'))
+        rc, out, err = ctl('cache', 'pin', 'Nobody/Nothing')
+        self.assertEqual((rc, out), (EXIT_DAEMON, ''))
+        self.assertEqual(err, 'Failed to pin Nobody/Nothing: There is no file or directory "/Nobody/Nothing" in '
+                              'the library.\n')
+        self.assertEqual(self.calls('Pin'), [['/' + album], ['/' + album], ['/'], ['/Nobody/Nothing']])
         self.assertEqual(self.calls('Unpin'), [['/' + album], ['/'], ['/srv/musical']])
 
         # A relative path inside the mount point is relative to the working directory there.
@@ -445,11 +498,25 @@ class ClientMockTest(dbusmock.DBusTestCase):
             self.manager.Unmount(False)
             self.manager.Mount(d, dbus.Dictionary({}, signature='sv'))
             self.assertOk(ctl('pin', 'Kind of Blue (1959)', cwd=os.path.join(d, 'Miles Davis')))
+            self.assertOk(ctl('cache', 'unpin', 'Kind of Blue (1959)', cwd=os.path.join(d, 'Miles Davis')))
         self.assertEqual(self.calls('Pin')[-1], ['/' + album])
+        self.assertEqual(self.calls('Unpin')[-1], ['/' + album])
+
+        # A pin the budget cannot hold.
+        self.obj.Set(MANAGER_IFACE, 'CacheBudget', dbus.UInt64(1 << 20), dbus_interface='org.freedesktop.DBus.Properties')
+        rc, out, err = ctl('pin', '/')
+        self.assertEqual(rc, EXIT_DAEMON)
+        self.assertTrue(err.startswith('Failed to pin /: The files under "/" do not fit in the cache budget'), err)
 
     def test_clear_cache(self):
         self.assertEqual(self.assertOk(ctl('clear-cache')), '')
         self.assertEqual(self.prop('CacheBytes'), 0)
+        # Pinned files stay.
+        self.assertOk(ctl('pin', '/Nina Simone'))
+        self.assertOk(ctl('cache', 'clear'))
+        st = json.loads(self.assertOk(ctl('cache', '--json')))
+        self.assertEqual(st['bytes'], st['pinned-bytes'])
+        self.assertGreater(st['bytes'], 0)
         self.mock.SetNotSupported(['ClearCache'])
         rc, out, err = ctl('clear-cache')
         self.assertEqual((rc, out, err), (EXIT_DAEMON, '', 'ClearCache is not supported by this version of musicfsd yet.\n'))
@@ -537,7 +604,7 @@ class ClientMockTest(dbusmock.DBusTestCase):
         rows = [line.split() for line in out.splitlines()]
         self.assertEqual(rows[0], ['NAME', 'ACTIONS', 'FIRED'])
         self.assertIn(['origin-read', '-', '0'], rows[1:])
-        self.assertEqual(len(rows), 13)
+        self.assertEqual(len(rows), 19)     # the header and the mock's 18 failpoints
 
         self.assertEqual(self.assertOk(ctl('failpoint', 'arm', 'origin-read', '3*return(EIO)->sleep(10)')), '')
         res = json.loads(self.assertOk(ctl('failpoint', 'list', '--json')))
@@ -643,6 +710,8 @@ class ClientMockTest(dbusmock.DBusTestCase):
         for args in ((), ('bogus',), ('status', 'extra'), ('origins', 'x'), ('check',), ('check', 'a', 'b'),
                      ('mount', 'a', 'b'), ('unmount', 'x'), ('passthrough',), ('passthrough', 'on', 'off'),
                      ('rescan', 'a', 'b'), ('search',), ('pin',), ('unpin', 'a', 'b'), ('cache', 'x'),
+                     ('cache', 'pin'), ('cache', 'unpin', 'a', 'b'), ('cache', 'stats', 'x'),
+                     ('cache', 'clear', '--json'),
                      ('failpoint',), ('failpoint', 'bogus'), ('failpoint', 'list', 'x'),
                      ('failpoint', 'arm', 'fuse-read'), ('failpoint', 'disarm'), ('monitor', 'x'),
                      ('reload', 'x'), ('--no-such-option', 'status'), ('-x', 'status'),
@@ -689,6 +758,8 @@ class ClientMockTest(dbusmock.DBusTestCase):
         self.assertEqual(self.complete('check', ''), ['music', 'nas'])         # asked of the daemon
         self.assertEqual(self.complete('rescan', '--wait', 'n'), ['nas'])
         self.assertEqual(self.complete('passthrough', ''), ['off', 'on'])
+        self.assertEqual(self.complete('cache', ''), ['clear', 'pin', 'repair', 'stats', 'unpin', 'verify'])
+        self.assertEqual(self.complete('cache', 're'), ['repair'])
         self.assertEqual(self.complete('failpoint', ''), ['arm', 'disarm', 'list'])
         self.assertIn('origin-read', self.complete('failpoint', 'arm', 'orig'))
         self.assertEqual(self.complete('status', '--no-l'), ['--no-legend'])

@@ -33,8 +33,7 @@ ORIGIN = 'origin'       # the daemon names an --origin after its directory
 
 def privileged_calls(extra_origin_dir):
     """(label, call, action, expected answer when authorized: None = success, else an error name).
-    In an order that undoes its own changes when everything is allowed. The cache methods answer
-    NotSupported until the cache issue, once authorized."""
+    In an order that undoes its own changes when everything is allowed."""
     return [
         ('Mount (busy)', call('Mount', '(sa{sv})', ('', {})), busutil.ACTION_MOUNT, ERR + 'Busy'),
         ('ArmFailpoint', call('ArmFailpoint', '(ss)', ('fuse-read', 'return(EIO)')), busutil.ACTION_FAILPOINTS, None),
@@ -43,12 +42,13 @@ def privileged_calls(extra_origin_dir):
         ('AddOrigin', call('AddOrigin', '(ssua{sv})', ('extra', extra_origin_dir, 50, {})), busutil.ACTION_ORIGINS, None),
         ('RemoveOrigin', call('RemoveOrigin', '(s)', ('extra',)), busutil.ACTION_ORIGINS, None),
         ('Reload', call('Reload'), busutil.ACTION_RELOAD, None),
-        ('SetPassthrough', call('SetPassthrough', '(b)', (True,)), busutil.ACTION_CACHE, NOT_SUPPORTED),
-        ('Pin', call('Pin', '(s)', ('/Polkit Band',)), busutil.ACTION_CACHE, NOT_SUPPORTED),
-        ('Unpin', call('Unpin', '(s)', ('/Polkit Band',)), busutil.ACTION_CACHE, NOT_SUPPORTED),
-        ('ClearCache', call('ClearCache'), busutil.ACTION_CACHE, NOT_SUPPORTED),
-        ('Set Passthrough', call('Set', '(ssv)', (harness.MANAGER_IFACE, 'Passthrough', variant('b', True)),
-                                 interface='org.freedesktop.DBus.Properties'), busutil.ACTION_CACHE, NOT_SUPPORTED),
+        ('Pin', call('Pin', '(s)', ('/Polkit Band',)), busutil.ACTION_CACHE, None),
+        ('Unpin', call('Unpin', '(s)', ('/Polkit Band',)), busutil.ACTION_CACHE, None),
+        ('ClearCache', call('ClearCache'), busutil.ACTION_CACHE, None),
+        ('VerifyCache (repair)', call('VerifyCache', '(b)', (True,)), busutil.ACTION_CACHE, None),
+        ('SetPassthrough', call('SetPassthrough', '(b)', (True,)), busutil.ACTION_CACHE, None),
+        ('Set Passthrough', call('Set', '(ssv)', (harness.MANAGER_IFACE, 'Passthrough', variant('b', False)),
+                                 interface='org.freedesktop.DBus.Properties'), busutil.ACTION_CACHE, None),
         ('Unmount', call('Unmount', '(b)', (False,)), busutil.ACTION_MOUNT, None),
         ('Mount', call('Mount', '(sa{sv})', ('', {})), busutil.ACTION_MOUNT, None),
     ]
@@ -134,6 +134,8 @@ class PolkitTest(harness.MusicfsTestCase):
             self.assertEqual(self.failpoint_actions(d), '')
         health = {str(h[0]) for h in d.bus_call('GetOriginHealth')}
         self.assertEqual(health, {ORIGIN})
+        self.assertIs(bool(d.bus_get('Passthrough')), False)
+        self.assertEqual(int(d.bus_call('GetCacheStats')['pins']), 0)
 
     # -- refusals
 
@@ -200,7 +202,8 @@ class PolkitTest(harness.MusicfsTestCase):
         calls.append(call('Introspect', interface='org.freedesktop.DBus.Introspectable'))
         calls.append(call('Ping', interface='org.freedesktop.DBus.Peer'))
         have = self.exported(d)
-        read_only = [('ListFailpoints', '', ()), ('GetOriginHealth', '', ()), ('CheckOrigin', '(s)', (ORIGIN,))]
+        read_only = [('ListFailpoints', '', ()), ('GetOriginHealth', '', ()), ('CheckOrigin', '(s)', (ORIGIN,)),
+                     ('GetCacheStats', '', ()), ('VerifyCache', '(b)', (False,))]
         read_only = [r for r in read_only if ('method', r[0]) in have]
         calls += [call(m, s, a) for m, s, a in read_only]
         results = busutil.as_nobody(self.address, *calls)

@@ -136,7 +136,9 @@ class LayoutTest(harness.MusicfsTestCase):
             '01 - Same Name (3).flac': os.path.join(b, 'y', 'again.flac'),
             '02 - Only Here.mp3': os.path.join(a, 'solo.mp3'),
         }
-        d = self.daemon([a, b])
+        # Passthrough: the replicas differ in one byte on purpose, and with the chunk cache on, a read
+        # after the preferred replica went away would be served (rightly) from what was cached.
+        d = self.daemon([a, b], config_text='[cache]\npassthrough = yes\n')
         d.wait_tracks(len(want))
         # Reads come from the preferred origin; when its replica goes away, from the other (D3).
         # POSIX_FADV_DONTNEED drops the kernel's cached pages so that the next read asks the daemon.

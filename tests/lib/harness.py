@@ -573,6 +573,49 @@ def safe_rmtree(path):
 
 
 # --------------------------------------------------------------------------------------------------
+# A small disk of its own: a tmpfs, for disk-full and read-only faults.
+
+class Tmpfs:
+    """A tmpfs of size bytes mounted on a new temp dir (root only). remount() flips it read-only and
+    back; usage() is what statvfs (and df) say. unmount() is idempotent and never raises."""
+
+    def __init__(self, size, prefix='musicfs-tmpfs-', path=None):
+        self._own_dir = path is None
+        self.path = tempfile.mkdtemp(prefix=prefix) if path is None else path
+        self.size = size
+        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%d,mode=0755' % size, 'tmpfs', self.path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            if self._own_dir:
+                os.rmdir(self.path)
+            raise OSError('mount -t tmpfs failed: %s' % r.stdout.decode('utf-8', 'replace').strip())
+
+    def remount(self, read_only):
+        """True when done; False when the kernel refused (going read-only fails with EBUSY while a file
+        on it is open for writing)."""
+        r = subprocess.run(['mount', '-o', 'remount,%s' % ('ro' if read_only else 'rw'), self.path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return r.returncode == 0
+
+    def usage(self):
+        """(used bytes, total bytes, used percent as df shows it)."""
+        st = os.statvfs(self.path)
+        total = st.f_blocks * st.f_frsize
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        return used, total, 100.0 * used / total if total else 0.0
+
+    def unmount(self):
+        if self.path is None:
+            return
+        if is_mounted(self.path):
+            subprocess.run(['umount', '-l', self.path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not is_mounted(self.path):
+            if self._own_dir:
+                shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
+# --------------------------------------------------------------------------------------------------
 # Libraries shared between the tests of one process.
 
 _sample_cache = {}
@@ -674,6 +717,15 @@ class MusicfsTestCase(dbusmock.DBusTestCase):
         if not os.environ.get('MUSICFS_KEEP_TMP'):
             self.addCleanup(safe_rmtree, d)
         return d
+
+    def tmpfs(self, size, path=None):
+        """A Tmpfs of size bytes (on path, an existing directory, if given), unmounted after the test
+        (after the daemons started later stop)."""
+        if os.geteuid() != 0:
+            self.skipTest('mounting a tmpfs needs root')
+        t = Tmpfs(size, path=path)
+        self.addCleanup(t.unmount)
+        return t
 
     def daemon(self, origins=(), start=True, **kwargs):
         """A Daemon cleaned up after the test; started (and READY) unless start=False."""

@@ -7,15 +7,17 @@ desktop integrations (applets, file-manager extensions). Load it by path:
     (p_mock, obj) = DBusTestCase.spawn_server_template('/path/to/musicfs_manager.py', {...})
     python3 -m dbusmock --system --template /path/to/musicfs_manager.py
 
-Unlike the real daemon it has every capability (cache, pins, search) unless told otherwise with
-the "NotSupported" parameter, so a client can be written against the complete API today.
+It has every capability (the cache and its pins, search) unless told otherwise with the
+"NotSupported" parameter, so a client can be written against the complete API today.
 
 Parameters (all optional):
   Version (s), State (s), MountPoint (s; "" = unmounted), ConfiguredMountPoint (s: what Mount("")
   mounts), Passthrough (b), CacheBytes (t), CacheBudget (t),
   Origins (aa{sv}): one dict per origin with Name, Url and optionally Kind, Priority, Health,
       ConsecutiveFailures, LastLatencyUSec, LastCheckUSec, LastError, TrackCount,
-  Tracks (a(ssss)): the library (path, artist, album, title) that Search looks in,
+  Tracks (a(ssss)): the library (path, artist, album, title) that Search looks in and Pin resolves
+      paths in,
+  TrackBytes (t, default 8 MiB): the size of every track, for the cache figures,
   Failpoints (as): failpoint names; FailpointsSupported (b): false acts like -Dfailpoints=false,
   NotSupported (as): method names that answer org.musicfs.Error.NotSupported, like the daemon does
       for capabilities that have not landed yet,
@@ -28,7 +30,14 @@ Mock control (interface org.freedesktop.DBus.Mock), besides dbusmock's own (GetC
 ...): SetState(s), SetOriginHealth(s name, s health, s last_error), EmitScanProgress(s, t, t),
 EmitScanFinished(s, u, u, u), SetAutoScan(b), SetAuthorized(b), GetAuthorizationChecks() ->
 a(sb) (polkit action, interactive authorization allowed), SetNotSupported(as), SetMountBusy(b),
-SetReloadError(s), SetCacheStats(a{sv}).
+SetReloadError(s), SetCacheStats(a{sv}), SetVerifyResult(a{sv}) (what VerifyCache answers; with
+repair, "repaired" becomes bad + missing + orphans and the next verification finds nothing),
+SetVerifyBusy(b) (true: VerifyCache answers Busy, as while one runs).
+
+The cache behaves like the daemon's, as far as a client can see: Pin resolves the path against
+Tracks (NoSuchFile otherwise, "/" is everything), pinned tracks count in pinned-bytes and
+pin-bytes-total/-done, ClearCache keeps the pinned bytes, SetPassthrough moves Passthrough and
+passthrough-reason, and CacheBytes follows.
 '''
 
 # SPDX-License-Identifier: LGPL-2.1-or-later
@@ -59,6 +68,8 @@ ERROR_BUSY = 'org.musicfs.Error.Busy'
 ERROR_NO_SUCH_ORIGIN = 'org.musicfs.Error.NoSuchOrigin'
 ERROR_ORIGIN_EXISTS = 'org.musicfs.Error.OriginExists'
 ERROR_INVALID_CONFIG = 'org.musicfs.Error.InvalidConfig'
+ERROR_NO_SUCH_FILE = 'org.musicfs.Error.NoSuchFile'
+ERROR_CACHE_FULL = 'org.musicfs.Error.CacheFull'
 ERROR_ACCESS_DENIED = 'org.freedesktop.DBus.Error.AccessDenied'
 
 ACTION_MOUNT = 'org.musicfs.manager.mount'
@@ -135,6 +146,9 @@ def load(mock, parameters):
     mock.musicfs_configured_mountpoint = str(parameters.get('ConfiguredMountPoint',
                                                             parameters.get('MountPoint', '/srv/music')))
     mock.musicfs_cache_stats = None
+    mock.musicfs_track_bytes = int(parameters.get('TrackBytes', 8 << 20))
+    mock.musicfs_verify_result = {'checked': 11200, 'bad': 0, 'missing': 0, 'orphans': 0, 'repaired': 0}
+    mock.musicfs_verify_busy = False
 
     mock.AddProperties(MAIN_IFACE, dbus.Dictionary({
         'Version': dbus.String(parameters.get('Version', '0.1.0')),
@@ -420,22 +434,55 @@ def Search(self, query, limit):
 def _check_tree_path(path):
     if not path.startswith('/') or len(path.encode('utf-8')) > 4096:
         raise _error(ERROR_INVALID_ARGS, 'The path "%s" is not an absolute path in the mounted tree.' % path)
+    parts = [p for p in path.split('/') if p]
+    if any(p in ('.', '..') for p in parts):
+        raise _error(ERROR_INVALID_ARGS, 'The path "%s" has a "." or ".." component.' % path)
+    return '/'.join(parts)
+
+
+def _tree_path(mock, path):
+    '''The daemon's two spellings: a path in the tree, or one under MountPoint.'''
+    rel = _check_tree_path(path)
+    mnt = str(mock.props[MAIN_IFACE]['MountPoint']).rstrip('/')
+    if mnt and (path == mnt or path.startswith(mnt + '/')):
+        under = '/'.join(p for p in path[len(mnt):].split('/') if p)
+        if _tracks_under(mock, under):
+            return under
+    return rel
+
+
+def _tracks_under(mock, rel):
+    return [t for t in mock.musicfs_tracks if not rel or t[0] == rel or t[0].startswith(rel + '/')]
+
+
+def _pinned_tracks(mock):
+    return {t[0] for p in mock.musicfs_pins for t in _tracks_under(mock, p)}
 
 
 @dbus.service.method(MAIN_IFACE, in_signature='s', out_signature='', message_keyword='message')
 def Pin(self, path, message=None):
     _check_supported(self, 'Pin')
-    _check_tree_path(path)
+    rel = _tree_path(self, path)
     _authorize(self, message, ACTION_CACHE)
-    self.musicfs_pins.add(str(path))
+    if not _tracks_under(self, rel):
+        raise _error(ERROR_NO_SUCH_FILE, 'There is no file or directory "%s" in the library.' % path)
+    pinned = len(_pinned_tracks(self) | {t[0] for t in _tracks_under(self, rel)}) * self.musicfs_track_bytes
+    if pinned > int(self.props[MAIN_IFACE]['CacheBudget']):
+        raise _error(ERROR_CACHE_FULL, 'The files under "%s" do not fit in the cache budget.' % path)
+    self.musicfs_pins.add(rel)
+    # The mock fetches at once: the pinned files are cached.
+    total = max(int(self.props[MAIN_IFACE]['CacheBytes']), len(_pinned_tracks(self)) * self.musicfs_track_bytes)
+    _set_props(self, {'CacheBytes': dbus.UInt64(total)})
 
 
 @dbus.service.method(MAIN_IFACE, in_signature='s', out_signature='', message_keyword='message')
 def Unpin(self, path, message=None):
     _check_supported(self, 'Unpin')
-    _check_tree_path(path)
+    rel = _tree_path(self, path)
     _authorize(self, message, ACTION_CACHE)
-    self.musicfs_pins.discard(str(path))
+    if rel not in self.musicfs_pins:
+        raise _error(ERROR_NO_SUCH_FILE, '"%s" is not pinned.' % path)
+    self.musicfs_pins.discard(rel)
 
 
 @dbus.service.method(MAIN_IFACE, in_signature='', out_signature='a{sv}')
@@ -443,13 +490,29 @@ def GetCacheStats(self):
     _check_supported(self, 'GetCacheStats')
     if self.musicfs_cache_stats is not None:
         return self.musicfs_cache_stats
+    props = self.props[MAIN_IFACE]
+    pinned = len(_pinned_tracks(self)) * self.musicfs_track_bytes
+    passthrough = bool(props['Passthrough'])
     return dbus.Dictionary({
-        'Bytes': dbus.UInt64(self.props[MAIN_IFACE]['CacheBytes'], variant_level=1),
-        'Budget': dbus.UInt64(self.props[MAIN_IFACE]['CacheBudget'], variant_level=1),
-        'Chunks': dbus.UInt64(11200, variant_level=1),
-        'PinnedPaths': dbus.UInt32(len(self.musicfs_pins), variant_level=1),
-        'HitRatio': dbus.Double(0.93, variant_level=1),
-        'Directory': dbus.String('/var/cache/musicfs', variant_level=1),
+        'bytes': dbus.UInt64(props['CacheBytes']),
+        'budget': dbus.UInt64(props['CacheBudget']),
+        'chunks': dbus.UInt64(int(props['CacheBytes']) // 65536),
+        'pinned-bytes': dbus.UInt64(pinned),
+        'versions': dbus.UInt64(int(props['CacheBytes']) // max(1, self.musicfs_track_bytes)),
+        'dedup-ratio': dbus.Double(1.0),
+        'hits': dbus.UInt64(10400),
+        'misses': dbus.UInt64(800),
+        'evictions': dbus.UInt64(0),
+        'evicted-bytes': dbus.UInt64(0),
+        'bad-chunks': dbus.UInt64(0),
+        'fills-active': dbus.UInt64(0),
+        'fills-queued': dbus.UInt64(0),
+        'pins': dbus.UInt64(len(self.musicfs_pins)),
+        'pin-bytes-total': dbus.UInt64(pinned),
+        'pin-bytes-done': dbus.UInt64(pinned),
+        'disk-percent': dbus.Double(42.5),
+        'passthrough': dbus.Boolean(passthrough),
+        'passthrough-reason': dbus.String('manual' if passthrough else 'none'),
     }, signature='sv')
 
 
@@ -457,7 +520,23 @@ def GetCacheStats(self):
 def ClearCache(self, message=None):
     _check_supported(self, 'ClearCache')
     _authorize(self, message, ACTION_CACHE)
-    _set_props(self, {'CacheBytes': dbus.UInt64(0)})
+    _set_props(self, {'CacheBytes': dbus.UInt64(len(_pinned_tracks(self)) * self.musicfs_track_bytes)})
+
+
+@dbus.service.method(MAIN_IFACE, in_signature='b', out_signature='a{sv}', message_keyword='message')
+def VerifyCache(self, repair, message=None):
+    _check_supported(self, 'VerifyCache')
+    if repair:
+        _authorize(self, message, ACTION_CACHE)
+    if self.musicfs_verify_busy:
+        raise _error(ERROR_BUSY, 'A verification of the cache is running already.')
+    res = dict(self.musicfs_verify_result)
+    if repair:
+        res['repaired'] = res['bad'] + res['missing'] + res['orphans']
+        self.musicfs_verify_result = dict(res, bad=0, missing=0, orphans=0, repaired=0)
+    else:
+        res['repaired'] = 0
+    return dbus.Dictionary({k: dbus.UInt64(v) for k, v in res.items()}, signature='sv')
 
 
 def _check_failpoints(mock, name=None):
@@ -583,3 +662,15 @@ def SetReloadError(self, message):
 def SetCacheStats(self, stats):
     '''What GetCacheStats answers from now on.'''
     self.musicfs_cache_stats = dbus.Dictionary(stats, signature='sv')
+
+
+@dbus.service.method(MOCK_IFACE, in_signature='a{sv}', out_signature='')
+def SetVerifyResult(self, result):
+    '''The figures VerifyCache finds (checked, bad, missing, orphans) from now on.'''
+    self.musicfs_verify_result.update({str(k): int(v) for k, v in result.items()})
+
+
+@dbus.service.method(MOCK_IFACE, in_signature='b', out_signature='')
+def SetVerifyBusy(self, busy):
+    '''true: VerifyCache answers org.musicfs.Error.Busy, as while a verification runs.'''
+    self.musicfs_verify_busy = bool(busy)

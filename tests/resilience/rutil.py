@@ -322,3 +322,260 @@ def limited_daemon(testcase, origins, nofile, start=True, **kwargs):
 def fd_count(pid):
     return len(os.listdir('/proc/%d/fd' % pid))
 
+
+
+# --------------------------------------------------------------------------------------------------
+# The chunk cache (D7-D9, D11): its figures over the bus, its files on disk, libraries of noise.
+
+def cache_config(budget='64M', maintenance_interval=1, readahead=0, extra=''):
+    """The text of a musicfsd.conf with a [cache] section (maintenance every second by default, so a
+    fault or a recovery is noticed at once)."""
+    return '[cache]\nbudget = %s\nreadahead = %d\nmaintenance_interval = %d\n%s' % (
+        budget, readahead, maintenance_interval, extra)
+
+
+def _py(v):
+    if isinstance(v, dbus.Boolean):
+        return bool(v)
+    if isinstance(v, (dbus.Double, float)):
+        return float(v)
+    if isinstance(v, (dbus.String, str)):
+        return str(v)
+    return int(v)
+
+
+def cache_stats(d):
+    """GetCacheStats as a dict of plain Python values."""
+    return {str(k): _py(v) for k, v in d.bus_call('GetCacheStats', timeout=10).items()}
+
+
+def verify_cache(d, repair=False, timeout=300):
+    """VerifyCache(repair) as a dict: checked, bad, missing, orphans, repaired."""
+    return {str(k): _py(v) for k, v in d.bus_call('VerifyCache', 'b', repair, timeout=timeout).items()}
+
+
+def wait_stats(d, predicate, timeout=30.0, message='cache stats'):
+    """Waits until predicate(GetCacheStats) is true; returns those stats."""
+    last = [None]
+
+    def ok():
+        d._check_running()
+        last[0] = cache_stats(d)
+        return last[0] if predicate(last[0]) else None
+    try:
+        return harness.wait_until(ok, timeout, 0.05, ignore=(dbus.DBusException,))
+    except harness.WaitTimeout as e:
+        raise harness.DaemonFailed('%s: %s; last stats %r\n%s' % (e, message, last[0], d.describe())) from None
+
+
+def wait_fills_idle(d, timeout=60.0):
+    return wait_stats(d, lambda s: s['fills-active'] == 0 and s['fills-queued'] == 0, timeout,
+                      'fills still running')
+
+
+def wait_passthrough(d, on, reason=None, timeout=30.0):
+    """Waits until the cache's passthrough is on (with that reason, if given) or off."""
+    def want(s):
+        if not on:
+            return not s['passthrough'] and s['passthrough-reason'] == 'none'
+        return s['passthrough'] and (reason is None or s['passthrough-reason'] == reason)
+    return wait_stats(d, want, timeout, 'passthrough %s (%s)' % ('on' if on else 'off', reason or 'any reason'))
+
+
+def wait_state(d, state, timeout=30.0):
+    last = [None]
+
+    def ok():
+        d._check_running()
+        last[0] = str(d.bus_get('State'))
+        return last[0] == state
+    try:
+        harness.wait_until(ok, timeout, 0.05, ignore=(dbus.DBusException,))
+    except harness.WaitTimeout as e:
+        raise harness.DaemonFailed('%s: State is %r, want %r\n%s' % (e, last[0], state, d.describe())) from None
+
+
+def read_fresh(path, offset=0, size=None):
+    """Reads a file (or a range) past the kernel's page cache (the mount keeps it), so the daemon
+    answers every byte."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if size is None:
+            size = os.fstat(fd).st_size - offset
+        parts = []
+        while size > 0:
+            b = os.pread(fd, min(size, 1 << 20), offset)
+            if not b:
+                break
+            parts.append(b)
+            offset += len(b)
+            size -= len(b)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return b''.join(parts)
+    finally:
+        os.close(fd)
+
+
+_origin_bytes = {}
+
+
+def origin_bytes(path):
+    """The bytes of an origin file (read once; the tests never change them)."""
+    if path not in _origin_bytes:
+        _origin_bytes[path] = read_file(path)
+    return _origin_bytes[path]
+
+
+def noise_library(testcase, sizes, seed=1, prefix='noise'):
+    """A private library of WAV files of random noise (every chunk unique, so nothing dedups) of the
+    given sizes. Untagged, so each renders as Unknown Artist/Unknown Album/<stem>.wav.
+    Returns (dir, {virtual path: origin path})."""
+    import random
+    import wave
+    d = os.path.join(testcase.tempdir('musicfs-noise-'), 'lib')
+    os.makedirs(d)
+    rng = random.Random(seed)
+    files = {}
+    for i, size in enumerate(sizes):
+        stem = '%s-%02d' % (prefix, i + 1)
+        path = os.path.join(d, stem + '.wav')
+        w = wave.open(path, 'wb')
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(rng.randbytes(max(4, (size - 44) // 4 * 4)))
+        w.close()
+        files[genlib.render({}, stem, 'wav')] = path
+    return d, files
+
+
+def cache_dir_of(d):
+    return d.cache_dir
+
+
+def chunks_dir(d):
+    return os.path.join(d.cache_dir, 'cache', 'chunks')
+
+
+def index_path(d):
+    return os.path.join(d.cache_dir, 'cache', 'index.mdb')
+
+
+_HEX64 = re.compile(r'^[0-9a-f]{64}$')
+
+
+def chunk_files(d):
+    """{sha256 hex: path} of every chunk file in the store (names of 64 hex digits in chunks/xx/)."""
+    out = {}
+    top = chunks_dir(d)
+    if not os.path.isdir(top):
+        return out
+    for sub in sorted(os.listdir(top)):
+        p = os.path.join(top, sub)
+        if len(sub) != 2 or not os.path.isdir(p):
+            continue
+        for n in os.listdir(p):
+            if _HEX64.match(n):
+                out[n] = os.path.join(p, n)
+    return out
+
+
+def foreign_files(d):
+    """Files in the store that are not chunk files (temporaries and the like)."""
+    out = []
+    top = chunks_dir(d)
+    for dirpath, _, filenames in os.walk(top):
+        for n in filenames:
+            if n.startswith('.probe-') and dirpath == top:
+                continue        # the health probe's file, there for a moment every interval
+            if not (_HEX64.match(n) and len(os.path.basename(dirpath)) == 2 and os.path.dirname(dirpath) == top):
+                out.append(os.path.join(dirpath, n))
+    return out
+
+
+def chunk_bytes_on_disk(d):
+    return sum(os.path.getsize(p) for p in chunk_files(d).values())
+
+
+def bad_chunk_files(d):
+    """Chunk files whose bytes do not hash to their name: a chunk must never be visible half written."""
+    import hashlib
+    bad = []
+    for name, p in chunk_files(d).items():
+        with open(p, 'rb') as f:
+            if hashlib.sha256(f.read()).hexdigest() != name:
+                bad.append(p)
+    return bad
+
+
+def check_all_bytes(testcase, d, files, names=None):
+    """Reads every file (or those named) past the page cache and compares with the origin."""
+    for v in sorted(names or files):
+        try:
+            data = read_fresh(d.path(v))
+        except OSError as e:
+            if not d.running():
+                d.proc.wait()
+                raise harness.DaemonFailed('reading %s: %s: musicfsd died (%s)\n%s' % (
+                    v, e, harness._describe_rc(d.proc.returncode), d.describe())) from None
+            raise
+        testcase.assertEqual(len(data), os.path.getsize(files[v]), '%s: wrong length' % v)
+        testcase.assertTrue(data == origin_bytes(files[v]), '%s: wrong bytes served' % v)
+
+
+def wait_cached(testcase, d, files, names=None, timeout=120.0):
+    """Reads the files until a whole pass is answered from the cache alone (no miss), checking every
+    byte each time; bounded by timeout. Returns the stats after that pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wait_fills_idle(d, max(1.0, deadline - time.monotonic()))
+        before = cache_stats(d)
+        check_all_bytes(testcase, d, files, names)
+        after = cache_stats(d)
+        if after['misses'] == before['misses'] and after['hits'] > before['hits']:
+            return after
+        if time.monotonic() > deadline:
+            raise harness.DaemonFailed('the files never came wholly from the cache (misses %d -> %d)\n%s' % (
+                before['misses'], after['misses'], d.describe()))
+
+
+def assert_consistent(testcase, d, expect_chunks=None):
+    """The index and the store agree: VerifyCache finds nothing wrong, the byte and chunk totals are
+    those of the chunk files on disk, every chunk file hashes to its name, no temporary is left; the
+    cache is in use (no passthrough) and the daemon ready."""
+    v = verify_cache(d)
+    on_disk = chunk_files(d)
+    testcase.assertEqual((v['bad'], v['missing'], v['orphans']), (0, 0, 0), 'VerifyCache: %r' % v)
+    testcase.assertEqual(v['checked'], len(on_disk), 'VerifyCache checked %r, %d chunk files' % (v, len(on_disk)))
+    s = cache_stats(d)
+    testcase.assertEqual(s['chunks'], len(on_disk), 'chunks in the stats vs on disk')
+    testcase.assertEqual(s['bytes'], chunk_bytes_on_disk(d), 'bytes in the stats vs on disk')
+    testcase.assertEqual(bad_chunk_files(d), [])
+    testcase.assertEqual(foreign_files(d), [])
+    testcase.assertEqual((s['passthrough'], s['passthrough-reason']), (False, 'none'), s)
+    testcase.assertEqual(str(d.bus_get('State')), 'ready')
+    testcase.assertTrue(d.running())
+    if expect_chunks is not None:
+        testcase.assertEqual(len(on_disk), expect_chunks)
+    return s
+
+
+class CapDroppedDaemon(harness.Daemon):
+    """A Daemon run as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv(1) execs it,
+    so the PID is the daemon's): file modes bind it like any user, so chmod makes real EACCES."""
+
+    def argv(self):
+        return [shutil.which('setpriv') or 'setpriv', '--bounding-set=-dac_override,-dac_read_search', '--'] + \
+            super().argv()
+
+
+def cap_dropped_daemon(testcase, origins, start=True, **kwargs):
+    if not shutil.which('setpriv'):
+        testcase.skipTest('setpriv is not installed')
+    d = CapDroppedDaemon(origins=origins, **kwargs)
+    testcase.addCleanup(d.cleanup)
+    testcase.daemons.append(d)
+    if start:
+        d.start()
+    return d

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +101,10 @@ static void test_defaults(void **state) {
         assert_int_equal(c.log_level, LOG_INFO);
         assert_int_equal(c.entry_timeout, 86400);
         assert_int_equal(c.attr_timeout, 86400);
+        assert_true(c.cache_budget == UINT64_C(10) * 1024 * 1024 * 1024);
+        assert_int_equal(c.cache_readahead, 1);
+        assert_false(c.cache_passthrough);
+        assert_int_equal(c.cache_maintenance_sec, 60);
         assert_null(c.origins);
         assert_int_equal(c.n_origins, 0);
         assert_null(c.config_path);
@@ -379,11 +384,40 @@ static void check_error(Fixture *f, const char *text, size_t size, unsigned line
 
 #define CHECK_ERROR(text, line, reason) check_error(f, text, sizeof(text) - 1, line, reason)
 
+/* Sync (issue #6): watch modes and poll intervals, global and per origin. */
+static void test_watch_keys(void **state) {
+        Fixture *f = *state;
+        Config c;
+
+        config_init_defaults(&c);
+        assert_int_equal(c.poll_interval, CONFIG_DEFAULT_POLL_INTERVAL_SEC);
+        config_free(&c);
+
+        write_file(f->conf, "[musicfsd]\npoll_interval = 60\n[origin \"a\"]\npath = /x\nwatch = poll\npoll_interval = 5\n"
+                            "[origin \"b\"]\npath = /y\nwatch = off\n[origin \"c\"]\npath = /z\n");
+        write_dropin(f, "50-watch.conf", "[origin \"c\"]\nwatch = inotify\n");
+        config_init_defaults(&c);
+        load_ok(&c, f->conf);
+        assert_int_equal(c.poll_interval, 60);
+        assert_int_equal(c.n_origins, 3);
+        assert_string_equal(c.origins[0].watch, "poll");
+        assert_int_equal(c.origins[0].poll_interval, 5);
+        assert_string_equal(c.origins[1].watch, "off");
+        assert_int_equal(c.origins[1].poll_interval, 0);
+        assert_string_equal(c.origins[2].watch, "inotify");
+        config_free(&c);
+
+        CHECK_ERROR("[origin \"a\"]\npath = /x\nwatch = fanotify\n", 3,
+                    "watch = 'fanotify' is not a watch mode; expected inotify, poll or off");
+        CHECK_ERROR("[musicfsd]\npoll_interval = 0\n", 2, "poll_interval");
+        CHECK_ERROR("[origin \"a\"]\npath = /x\npoll_interval = 604801\n", 3, "poll_interval");
+}
+
 static void test_errors(void **state) {
         Fixture *f = *state;
 
         /* Sections */
-        CHECK_ERROR("[bogus]\n", 1, "unknown section [bogus]; expected [musicfsd] or [origin \"NAME\"]");
+        CHECK_ERROR("[bogus]\n", 1, "unknown section [bogus]; expected [musicfsd], [cache] or [origin \"NAME\"]");
         CHECK_ERROR("[musicfsd]\n[MusicFSD]\nx=1\n", 2, "unknown section [MusicFSD]");
         CHECK_ERROR("[musicfsd \"x\"]\n", 1, "unknown section [musicfsd \"x\"]");
         CHECK_ERROR("[musicfsd\nmountpoint = /x\n", 1, "section header has no closing ']'");
@@ -428,12 +462,15 @@ static void test_errors(void **state) {
         CHECK_ERROR("[musicfsd]\nbus = session\n", 2, "bus = 'session' is not a bus; expected 'system' or 'user'");
         CHECK_ERROR("[musicfsd]\nmountpoint = srv/music\n", 2, "mountpoint = 'srv/music' is not an absolute path");
         CHECK_ERROR("[musicfsd]\ncache_dir = cache\n", 2, "cache_dir = 'cache' is not an absolute path");
-        CHECK_ERROR("[origin \"a\"]\nkind = s3\n", 2, "origin kind 's3' is not supported by this build");
-        CHECK_ERROR("[origin \"a\"]\nkind = sftp\n", 2, "origin kind 'sftp' is not supported by this build");
+        CHECK_ERROR("[origin \"a\"]\nkind = s3\nbucket = x\n", 3, "bucket = 'x' is not a bucket name");
+        CHECK_ERROR("[origin \"a\"]\nkind = s3\npath_style = maybe\n", 3, "path_style = 'maybe' is not a boolean");
+        CHECK_ERROR("[origin \"a\"]\nkind = s3\nendpoint = s3.example.com\n", 3, "is not an http:// or https:// URL");
+        CHECK_ERROR("[origin \"a\"]\nkind = sftp\nport = 0\n", 3, "port = '0' is not a port number from 1 to 65535");
+        CHECK_ERROR("[origin \"a\"]\nkind = sftp\nhost_key_fingerprint = abc\n", 3, "is not a SHA256 fingerprint");
         CHECK_ERROR("[origin \"a\"]\nkind = ftp\n", 2, "kind = 'ftp' is not an origin kind; expected 'local'");
         CHECK_ERROR("[origin \"a\"]\npath = music\n", 2, "path = 'music' is not an absolute path");
         /* Indented lines are keys of their own, not continuations of the line above. */
-        CHECK_ERROR("[origin \"a\"]\n  path = /x\n  kind = s3\n", 3, "origin kind 's3' is not supported");
+        CHECK_ERROR("[origin \"a\"]\n  path = /x\n  timeout = 0\n", 3, "timeout = '0' is not a number of seconds");
 
         /* Raw bytes */
         CHECK_ERROR("[musicfsd]\nmountpoint = /a\0b\n", 2, "line contains a NUL byte");
@@ -444,6 +481,85 @@ static void test_errors(void **state) {
         /* The first error wins, whatever kind. */
         CHECK_ERROR("[musicfsd]\nnonsense\nfuse_threads = 0\n", 2, "expected 'key = value'");
         CHECK_ERROR("[musicfsd]\nfuse_threads = 0\nnonsense\n", 2, "fuse_threads = 0 is out of range");
+}
+
+static void test_cache_section(void **state) {
+        Fixture *f = *state;
+        static const struct { const char *value; uint64_t bytes; } sizes[] = {
+                { "1048576", UINT64_C(1) << 20 },
+                { "1M", UINT64_C(1) << 20 },
+                { "2048k", UINT64_C(2) << 20 },
+                { "512MiB", UINT64_C(512) << 20 },
+                { "10G", UINT64_C(10) << 30 },
+                { "3 GB", UINT64_C(3) << 30 },
+                { "\"64M\"", UINT64_C(64) << 20 },
+                { "2T", UINT64_C(2) << 40 },
+                { "1024T", UINT64_C(1) << 50 },
+        };
+        char text[256];
+        Config c;
+
+        for (size_t i = 0; i < ELEMENTSOF(sizes); i++) {
+                snprintf(text, sizeof text, "[cache]\nbudget = %s\n", sizes[i].value);
+                write_file(f->conf, text);
+                config_init_defaults(&c);
+                load_ok(&c, f->conf);
+                if (c.cache_budget != sizes[i].bytes)
+                        fail_msg("budget = %s gave %" PRIu64 ", expected %" PRIu64, sizes[i].value, c.cache_budget,
+                                 sizes[i].bytes);
+                config_free(&c);
+        }
+
+        static const char *const trues[] = { "yes", "true", "on", "1", "YES" }, *const falses[] = { "no", "false", "off", "0", "Off" };
+        for (size_t i = 0; i < ELEMENTSOF(trues); i++) {
+                snprintf(text, sizeof text, "[cache]\npassthrough = %s\n", trues[i]);
+                write_file(f->conf, text);
+                config_init_defaults(&c);
+                load_ok(&c, f->conf);
+                assert_true(c.cache_passthrough);
+                snprintf(text, sizeof text, "[cache]\npassthrough = %s\n", falses[i]);
+                write_file(f->conf, text);
+                load_ok(&c, f->conf);
+                assert_false(c.cache_passthrough);
+                config_free(&c);
+        }
+
+        /* Every key, around the other sections; a drop-in amends the cache section. */
+        write_file(f->conf, "[musicfsd]\nscan_batch = 9\n[cache]\n  budget = 64M\n  readahead = 0\n"
+                            "  passthrough = yes\n  maintenance_interval = 2\n[origin.a]\npath = /x\n");
+        write_dropin(f, "50-cache.conf", "[cache]\nreadahead = 16\npassthrough = off\n");
+        config_init_defaults(&c);
+        load_ok(&c, f->conf);
+        assert_true(c.cache_budget == UINT64_C(64) << 20);
+        assert_int_equal(c.cache_readahead, 16);
+        assert_false(c.cache_passthrough);
+        assert_int_equal(c.cache_maintenance_sec, 2);
+        assert_int_equal(c.scan_batch, 9);
+        assert_int_equal(c.n_origins, 1);
+        config_free(&c);
+
+
+        /* Errors of the section, each with its line. */
+        CHECK_ERROR("[cache]\nbudget = lots\n", 2, "budget = 'lots' is not a size; expected bytes or a number with K, M, G or T");
+        CHECK_ERROR("[cache]\nbudget = 10X\n", 2, "budget = '10X' has an unknown unit");
+        CHECK_ERROR("[cache]\nbudget = -1G\n", 2, "budget = '-1G' is not a size");
+        CHECK_ERROR("[cache]\nbudget = 1.5G\n", 2, "budget = '1.5G' has an unknown unit");
+        CHECK_ERROR("[cache]\nbudget = 512K\n", 2, "budget = 512K is out of range; expected 1 MiB to 1024 TiB");
+        CHECK_ERROR("[cache]\nbudget = 0\n", 2, "budget = 0 is out of range");
+        CHECK_ERROR("[cache]\nbudget = 2000T\n", 2, "budget = 2000T is out of range");
+        CHECK_ERROR("[cache]\nbudget = 99999999999999999999999\n", 2, "is out of range");
+        CHECK_ERROR("[cache]\nbudget = 99999999999G\n", 2, "is out of range");
+        CHECK_ERROR("[cache]\nreadahead = 17\n", 2, "readahead = 17 is out of range; expected an integer from 0 to 16");
+        CHECK_ERROR("[cache]\nreadahead = some\n", 2, "readahead = 'some' is not a number");
+        CHECK_ERROR("[cache]\npassthrough = maybe\n", 2, "passthrough = 'maybe' is not a boolean; expected yes or no");
+        CHECK_ERROR("[cache]\nmaintenance_interval = 0\n", 2,
+                    "maintenance_interval = 0 is out of range; expected an integer from 1 to 3600");
+        CHECK_ERROR("[cache]\nmaintenance_interval = 3601\n", 2, "maintenance_interval = 3601 is out of range");
+        CHECK_ERROR("[cache]\ncache_dir = /x\n", 2, "cache_dir belongs in [musicfsd], not [cache]");
+        CHECK_ERROR("[cache]\nsize = 1G\n", 2,
+                    "unknown key 'size' in [cache]; expected one of budget, readahead, passthrough, maintenance_interval");
+        CHECK_ERROR("[cache]\nbudget =\n", 2, "budget needs a value");
+
 }
 
 static void test_error_without_reason_pointer(void **state) {
@@ -697,6 +813,15 @@ static void test_validate(void **state) {
         c.log_level = LOG_INFO;
         c.entry_timeout = UINT_MAX;
         expect_invalid(&c, "entry_timeout is 4294967295 seconds");
+        c.entry_timeout = 60;
+        c.cache_budget = 1000;
+        expect_invalid(&c, "cache budget is 1000 bytes; expected 1 MiB to 1024 TiB");
+        c.cache_budget = UINT64_C(1) << 30;
+        c.cache_readahead = 17;
+        expect_invalid(&c, "cache readahead is 17 tracks; expected 0 to 16");
+        c.cache_readahead = 0;
+        c.cache_maintenance_sec = 0;
+        expect_invalid(&c, "cache maintenance_interval is 0 seconds; expected 1 to 3600");
         config_free(&c);
 
         config_init_defaults(&c);
@@ -721,7 +846,9 @@ static void test_validate(void **state) {
 
         valid_config(f, &c);
         replace(&c.origins[0].kind, "s3");
-        expect_invalid(&c, "origin 'music': kind 's3' is not supported by this build");
+        expect_invalid(&c, "origin 'music' (kind s3) has a path");
+        replace(&c.origins[0].path, NULL);
+        expect_invalid(&c, "origin 'music' (kind s3) has no bucket");
         config_free(&c);
 
         valid_config(f, &c);
@@ -774,6 +901,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_full_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_other_values, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_quoted_values, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_cache_section, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_watch_keys, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unreadable_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dropins, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dropins_without_main_file, setup, teardown),

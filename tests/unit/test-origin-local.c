@@ -414,6 +414,49 @@ static void test_walk(void **state) {
         assert_int_equal(st.size, 20);
 }
 
+/* Sync (issue #6): the walk of one subtree, natively and through the filter that origins without
+ * walk_under get; a subtree that is not there is -ENOENT/-ENOTDIR, a bad one -EINVAL. */
+static void test_walk_under(void **state) {
+        Fixture *f = *state;
+        _cleanup_(origin_freep) Origin *o = new_origin(f);
+
+        assert_int_equal(mkdirat(f->dir_fd, "a", 0755), 0);
+        assert_int_equal(mkdirat(f->dir_fd, "a/b", 0755), 0);
+        assert_int_equal(mkdirat(f->dir_fd, "a b", 0755), 0);
+        write_sized(f, "a/one.flac", 1);
+        write_sized(f, "a/b/two.flac", 2);
+        write_sized(f, "a b/three.flac", 3);
+        write_sized(f, "top.flac", 4);
+
+        OriginOps filtered = *o->ops;
+        filtered.walk_under = NULL;
+        const OriginOps *native = o->ops;
+        for (int pass = 0; pass < 2; pass++) {
+                o->ops = pass == 0 ? native : &filtered;
+                _cleanup_(collected_done) Collected c = {};
+                assert_int_equal(origin_walk_under(o, "a", collect, NULL, &c), 0);
+                qsort(c.entries, c.n, sizeof *c.entries, entry_compare);
+                assert_int_equal(c.n, 2);
+                assert_string_equal(c.entries[0].path, "a/b/two.flac");
+                assert_string_equal(c.entries[1].path, "a/one.flac");
+                _cleanup_(collected_done) Collected deeper = {};
+                assert_int_equal(origin_walk_under(o, "a/b", collect, NULL, &deeper), 0);
+                assert_int_equal(deeper.n, 1);
+                assert_string_equal(deeper.entries[0].path, "a/b/two.flac");
+                _cleanup_(collected_done) Collected all = {};
+                assert_int_equal(origin_walk_under(o, "", collect, NULL, &all), 0);
+                assert_int_equal(all.n, 4);
+        }
+        o->ops = native;
+
+        _cleanup_(collected_done) Collected none = {};
+        assert_int_equal(origin_walk_under(o, "missing", collect, NULL, &none), -ENOENT);
+        assert_int_equal(origin_walk_under(o, "top.flac", collect, NULL, &none), -ENOTDIR);
+        assert_int_equal(origin_walk_under(o, "../x", collect, NULL, &none), -EINVAL);
+        assert_int_equal(origin_walk_under(o, NULL, collect, NULL, &none), -EINVAL);
+        assert_int_equal(none.n, 0);
+}
+
 /* Permission faults need someone chmod stops: a child that drops to nobody. Each unusable entry
  * costs exactly one log line, the walk carries on past it, and it says it was incomplete: the count
  * as its return, the entries through the skipped callback. */
@@ -878,6 +921,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_stat_open_pread, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_open_rejects_nonregular, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_walk, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_walk_under, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_walk_unreadable, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_walk_stop_and_empty, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_walk_many, setup, teardown),

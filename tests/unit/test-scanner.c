@@ -779,6 +779,190 @@ static void test_bad_arguments(void **state) {
         assert_true(scan_origin(f->catalog, f->origin, 4, NULL, &s) < 0);
 }
 
+/* ---- sync (issue #6): resumable full scans, targeted scans, clock safety ---- */
+
+static ScanStats scan_paths_ok(const Fixture *f, const char *const *paths, size_t n) {
+        ScanStats stats;
+        assert_int_equal(scan_origin_paths(f->catalog, f->origin, paths, n, 4, NULL, &stats), 0);
+        return stats;
+}
+
+static bool in_progress(const Fixture *f) {
+        bool b = true;
+        assert_int_equal(catalog_scan_in_progress(f->catalog, f->origin->id, &b), 0);
+        return b;
+}
+
+/* 2.5: a scan stopped after N batches resumes with its generation and its progress; the files it had
+ * done are stamped, not read again; files removed in between go; the catalog equals a clean scan's. */
+static void test_resume(void **state) {
+#if MUSICFS_FAILPOINTS
+        Fixture *f = *state;
+        CatalogFile *rows = NULL;
+        Catalog *clean = NULL;
+        int64_t clean_id = 0;
+        char clean_db[128], path[512];
+        size_t n_rows = 0;
+        ScanStats s;
+
+        populate(f, 0, 24);
+        assert_false(in_progress(f));
+        /* Dies after the third committed batch (as a kill would: nothing after it ran). */
+        assert_int_equal(failpoint_arm("scan-batch", "2*off->return(EIO)", NULL), 0);
+        assert_int_equal(scan_origin(f->catalog, f->origin, 4, NULL, &s), -EIO);
+        failpoint_disarm_all();
+        assert_int_equal(s.read, 12);
+        assert_int_equal(count_files(f), 12);
+        assert_true(in_progress(f));
+
+        /* Meanwhile one of the done files goes and a new one comes. */
+        assert_int_equal(catalog_load_origin_files(f->catalog, f->origin->id, &rows, &n_rows), 0);
+        assert_int_equal(n_rows, 12);
+        snprintf(path, sizeof path, "%s/%s", f->music, rows[0].rel_path);
+        assert_int_equal(unlink(path), 0);
+        catalog_files_free(rows, n_rows);
+        populate(f, 24, 1);
+
+        s = scan_ok(f, 4);
+        assert_int_equal(s.resumed, 12);
+        assert_int_equal(s.seen, 24);
+        assert_int_equal(s.read, 13);           /* 12 never reached, 1 new: no done file read again */
+        assert_int_equal(s.unchanged, 11);
+        assert_int_equal(s.removed, 1);
+        assert_int_equal(count_files(f), 24);
+        assert_false(in_progress(f));
+
+        snprintf(clean_db, sizeof clean_db, "%s/clean.db", f->dir);
+        assert_int_equal(catalog_open(clean_db, &clean), 0);
+        assert_int_equal(catalog_origin_ensure(clean, "music", f->music, 0, &clean_id), 0);
+        int64_t id = f->origin->id;
+        f->origin->id = clean_id;
+        assert_int_equal(scan_origin(clean, f->origin, 1000, NULL, &s), 0);
+        f->origin->id = id;
+        assert_same_catalog(f->catalog, id, clean, clean_id);
+        catalog_close(clean);
+
+        /* A finished scan leaves nothing to resume: the next one is a fresh, unchanged one. */
+        s = scan_ok(f, 4);
+        assert_int_equal(s.resumed, 0);
+        assert_int_equal(s.read, 0);
+        assert_int_equal(s.unchanged, 24);
+#else
+        skip();
+#endif
+}
+
+static void test_targeted(void **state) {
+        Fixture *f = *state;
+        char rel[128], gone[128], changed[128], untouched[128], path[512];
+        CatalogFile *row;
+        ScanStats s;
+
+        populate(f, 0, 9);      /* Artist 0, 1, 2: three tracks each */
+        write_at(f, "Artist 1.b/x.flac", samples.flac, samples.flac_size);     /* sorts between "Artist 1" and "Artist 1/" */
+        s = scan_ok(f, 4);
+        assert_int_equal(s.added, 10);
+
+        track_path(gone, sizeof gone, 0);               /* Artist 0 */
+        track_path(changed, sizeof changed, 2);         /* Artist 2 */
+        track_path(untouched, sizeof untouched, 3);     /* Artist 0, gone but not named */
+        remove_track(f, 0);
+        remove_track(f, 3);
+        set_mtime(f, changed, 1500000000);
+        write_at(f, "Artist 1/Album/new.flac", samples.flac, samples.flac_size);
+
+        const char *paths[] = { "Artist 1", changed, gone, "Artist 1" };
+        s = scan_paths_ok(f, paths, ELEMENTSOF(paths));
+        assert_int_equal(s.added, 1);
+        assert_int_equal(s.changed, 1);
+        assert_int_equal(s.removed, 1);
+        assert_int_equal(s.unchanged, 3);       /* the three old files of Artist 1 */
+        assert_int_equal(s.read, 2);            /* the new and the changed file only */
+        assert_null(find_row(f->catalog, f->origin->id, gone));
+        row = find_row(f->catalog, f->origin->id, untouched);  /* not named: not looked at */
+        assert_non_null(row);
+        row_free(row);
+        assert_int_equal(count_files(f), 10);
+
+        /* A directory that is gone takes its rows with it, and only its own: not "Artist 1.b". */
+        snprintf(path, sizeof path, "rm -rf '%s/Artist 1'", f->music);
+        assert_int_equal(system(path), 0);
+        const char *dir[] = { "Artist 1" };
+        s = scan_paths_ok(f, dir, 1);
+        assert_int_equal(s.removed, 4);
+        row = find_row(f->catalog, f->origin->id, "Artist 1.b/x.flac");
+        assert_non_null(row);
+        row_free(row);
+        assert_int_equal(count_files(f), 6);
+
+        /* Non-audio and unknown paths cost nothing; bad paths are refused. */
+        const char *noise[] = { "cover.jpg", "nowhere/at/all" };
+        s = scan_paths_ok(f, noise, 2);
+        assert_int_equal(s.seen + s.removed + s.read, 0);
+        const char *bad[] = { "../etc" };
+        assert_int_equal(scan_origin_paths(f->catalog, f->origin, bad, 1, 4, NULL, &s), -EINVAL);
+
+        /* "" is the whole origin: the untouched removal is found now. */
+        const char *all[] = { "" };
+        s = scan_paths_ok(f, all, 1);
+        assert_int_equal(s.removed, 1);
+        assert_int_equal(count_files(f), 5);
+
+        /* An origin whose root is gone loses nothing, whatever the events said. */
+        track_path(rel, sizeof rel, 5);
+        snprintf(path, sizeof path, "rm -rf '%s'", f->music);
+        assert_int_equal(system(path), 0);
+        const char *lost[] = { "Artist 2", rel };
+        assert_true(scan_origin_paths(f->catalog, f->origin, lost, 2, 4, NULL, &s) < 0);
+        assert_int_equal(count_files(f), 5);
+}
+
+/* 5.6: a change is a different size or mtime, never a newer one: a clock that jumped ahead and
+ * back neither hides a change nor makes the unchanged look changed. */
+static void test_clock_jumps(void **state) {
+        Fixture *f = *state;
+        char rel[128];
+        ScanStats s;
+
+        populate(f, 0, 6);
+        s = scan_ok(f, 4);
+        assert_int_equal(s.added, 6);
+
+        /* A file written while the clock ran in 2100. */
+        track_path(rel, sizeof rel, 1);
+        set_mtime(f, rel, 4102444800);
+        s = scan_ok(f, 4);
+        assert_int_equal(s.changed, 1);
+        assert_int_equal(s.read, 1);
+        /* Nothing else looks changed, and the future mtime is stable. */
+        s = scan_ok(f, 4);
+        assert_int_equal(s.read, 0);
+        assert_int_equal(s.unchanged, 6);
+
+        /* Back to a clock in 1971: older than the row, still a change. */
+        set_mtime(f, rel, 31536000);
+        const char *paths[] = { rel };
+        s = scan_paths_ok(f, paths, 1);
+        assert_int_equal(s.changed, 1);
+        assert_int_equal(s.read, 1);
+        s = scan_paths_ok(f, paths, 1);
+        assert_int_equal(s.read, 0);
+        assert_int_equal(s.unchanged, 1);
+
+        /* New bytes of the same size, with the mtime set back below the row's: found. */
+        track_path(rel, sizeof rel, 2);         /* a FLAC */
+        char *other = malloc(samples.flac_size);
+        assert_non_null(other);
+        memcpy(other, samples.flac, samples.flac_size);
+        other[samples.flac_size - 1] ^= 0x55;
+        write_at(f, rel, other, samples.flac_size);
+        free(other);
+        set_mtime(f, rel, 1000);
+        s = scan_ok(f, 4);
+        assert_int_equal(s.changed, 1);
+        assert_int_equal(s.unchanged, 5);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
@@ -791,6 +975,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unreadable_directory, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_incomplete_walk_unlocated, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_resume, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_targeted, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_clock_jumps, setup, teardown),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
