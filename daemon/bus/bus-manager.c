@@ -13,6 +13,7 @@
 #include "log.h"
 #include "polkit.h"
 #include "search.h"
+#include "strutil.h"
 
 /* Sanity bounds on what callers send: anything beyond is a mistake or an attack, refused with a
  * sentence rather than passed on. */
@@ -306,16 +307,6 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
 
 /* ---- origins ---- */
 
-static int unhex(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* A local origin's directory from "/abs/dir" or "file:///abs/dir" (percent-decoded); *ret_remote is
  * set instead for the schemes of later issues. */
 static int parse_origin_url(const char *url, char **ret_dir, const char **ret_remote, sd_bus_error *error) {
@@ -365,27 +356,17 @@ static int parse_origin_url(const char *url, char **ret_dir, const char **ret_re
                                          "Origin URL \"%.*s\" names another host; a file URL must be file:///absolute/directory.",
                                          ECHO_MAX, url);
 
-        _cleanup_free_ char *dir = malloc(strlen(p) + 1);
-        if (!dir)
-                return -ENOMEM;
-        size_t n = 0;
-        for (const char *s = p; *s; s++) {
-                if (*s == '?' || *s == '#')
-                        return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS,
-                                                 "Origin URL \"%.*s\" has a query or fragment; a file URL names a directory only.",
-                                                 ECHO_MAX, url);
-                if (*s != '%') {
-                        dir[n++] = *s;
-                        continue;
-                }
-                int hi = unhex(s[1]), lo = hi >= 0 ? unhex(s[2]) : -1;
-                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-                        return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS,
-                                                 "Origin URL \"%.*s\" has a bad percent escape.", ECHO_MAX, url);
-                dir[n++] = (char) (hi * 16 + lo);
-                s += 2;
-        }
-        dir[n] = '\0';
+        if (strpbrk(p, "?#"))
+                return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS,
+                                         "Origin URL \"%.*s\" has a query or fragment; a file URL names a directory only.",
+                                         ECHO_MAX, url);
+        _cleanup_free_ char *dir = NULL;
+        int k = percent_decode(p, strlen(p), true, &dir);
+        if (k == -EINVAL)
+                return sd_bus_error_setf(error, MUSICFS_ERROR_INVALID_ARGS,
+                                         "Origin URL \"%.*s\" has a bad percent escape.", ECHO_MAX, url);
+        if (k < 0)
+                return k;
         r = check_absolute_path(dir, "origin directory", error);
         if (r < 0)
                 return r;

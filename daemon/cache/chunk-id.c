@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 
 #include "chunk-id.h"
+#include "strutil.h"
 
 void chunk_id_compute(const void *data, size_t len, ChunkId *ret) {
         unsigned int n = 0;
@@ -37,16 +38,6 @@ void chunk_id_to_hex(const ChunkId *id, char ret[CHUNK_ID_HEX_SIZE]) {
         ret[2 * CHUNK_ID_SIZE] = '\0';
 }
 
-static int unhex_digit(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -EINVAL;
-}
-
 int chunk_id_from_hex(const char *hex, ChunkId *ret) {
         ChunkId id;
 
@@ -55,10 +46,10 @@ int chunk_id_from_hex(const char *hex, ChunkId *ret) {
 
         for (size_t i = 0; i < CHUNK_ID_SIZE; i++) {
                 /* Checking each digit before the next also stops at a short string's NUL. */
-                int hi = unhex_digit(hex[2 * i]);
+                int hi = unhexchar(hex[2 * i]);
                 if (hi < 0)
                         return -EINVAL;
-                int lo = unhex_digit(hex[2 * i + 1]);
+                int lo = unhexchar(hex[2 * i + 1]);
                 if (lo < 0)
                         return -EINVAL;
                 id.bytes[i] = (uint8_t) (hi << 4 | lo);

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "config-s3.h"
+#include "strutil.h"
 #include "log.h"
 #include "macro.h"
 
@@ -163,37 +164,13 @@ int config_s3_validate(const char *origin_name, const OriginS3Config *s3, char *
         return 0;
 }
 
-static int unhex(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* The first n bytes of s, percent-decoded; NULL on a bad escape or %00 (errno EINVAL) or OOM. */
 static char *url_decode(const char *s, size_t n) {
-        char *out = malloc(n + 1), *p = out;
-        if (!out)
-                return NULL;
-        for (size_t i = 0; i < n; i++) {
-                if (s[i] != '%') {
-                        *p++ = s[i];
-                        continue;
-                }
-                int hi = i + 2 < n ? unhex(s[i + 1]) : -1, lo = i + 2 < n ? unhex(s[i + 2]) : -1;
-                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                        free(out);
-                        errno = EINVAL;
-                        return NULL;
-                }
-                *p++ = (char) (hi * 16 + lo);
-                i += 2;
-        }
-        *p = '\0';
-        return out;
+        char *d = NULL;
+        int r = percent_decode(s, n, true, &d);
+        if (r < 0)
+                errno = -r;
+        return d;
 }
 
 int config_s3_from_url(const char *url, OriginS3Config *ret, char **ret_reason) {

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config-sftp.h"
+#include "strutil.h"
 #include "macro.h"
 
 #define SFTP_POOL_MAX 64
@@ -135,39 +136,6 @@ int config_sftp_key(OriginSftpConfig *c, const char *key, const char *value, cha
         return 0;
 }
 
-static int unhex(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
-/* Decodes n bytes of s; NUL and '/' escapes refused (a path component cannot hold them). */
-static int decode(const char *s, size_t n, bool path, char **ret) {
-        char *d = malloc(n + 1), *p = d;
-        if (!d)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                if (s[i] != '%') {
-                        *p++ = s[i];
-                        continue;
-                }
-                int hi = i + 2 < n ? unhex(s[i + 1]) : -1, lo = hi >= 0 ? unhex(s[i + 2]) : -1;
-                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0) || (!path && hi * 16 + lo == '/')) {
-                        free(d);
-                        return -EINVAL;
-                }
-                *p++ = (char) (hi * 16 + lo);
-                i += 2;
-        }
-        *p = '\0';
-        *ret = d;
-        return 0;
-}
-
 int config_sftp_from_url(const char *url, OriginSftpConfig *c, char **ret_path, char **ret_reason) {
         _cleanup_free_ char *user = NULL, *host = NULL, *path = NULL;
         int r;
@@ -184,7 +152,7 @@ int config_sftp_from_url(const char *url, OriginSftpConfig *c, char **ret_path, 
         if (at) {
                 if (memchr(a, ':', (size_t) (at - a)))
                         return fail(ret_reason, "a password in the URL is not supported; log in with a key");
-                r = decode(a, (size_t) (at - a), false, &user);
+                r = percent_decode(a, (size_t) (at - a), false, &user);
                 if (r == -ENOMEM)
                         return r;
                 if (r < 0 || !user[0] || strpbrk(user, "@:/ \t"))
@@ -221,7 +189,7 @@ int config_sftp_from_url(const char *url, OriginSftpConfig *c, char **ret_path, 
                 if (parse_uint(ps, 1, 65535, &p) < 0)
                         return fail(ret_reason, "bad port; expected 1 to 65535");
         }
-        r = decode(slash, strlen(slash), true, &path);
+        r = percent_decode(slash, strlen(slash), true, &path);
         if (r == -ENOMEM)
                 return r;
         if (r < 0)
