@@ -80,9 +80,9 @@ static void handle_unref(ReplicaHandle *h) {
         free(h);
 }
 
-/* unhealthy: open the replica only if its origin is unhealthy (and then with a short deadline),
- * otherwise only if it is not; 1 when it was left for the other pass. */
-static int reader_open_one(ReplicaReader *r, size_t i, bool unhealthy, ReplicaHandle **ret) {
+/* last_resort false: open the replica only if its origin is not unhealthy, 1 when it is left for
+ * later; true: open it whatever its health, an unhealthy origin with a short deadline. */
+static int reader_open_one(ReplicaReader *r, size_t i, bool last_resort, ReplicaHandle **ret) {
         ReplicaSource *src = &r->sources[i];
 
         /* Our own reference: the origin may be removed at runtime while this handle reads from it. */
@@ -91,7 +91,8 @@ static int reader_open_one(ReplicaReader *r, size_t i, bool unhealthy, ReplicaHa
                 log_debug("Replica %s on unknown origin %" PRIi64 " skipped", src->rel_path, src->origin_id);
                 return -ENODEV;
         }
-        if ((origin_get_health(o) == ORIGIN_UNHEALTHY) != unhealthy) {
+        bool unhealthy = origin_get_health(o) == ORIGIN_UNHEALTHY;
+        if (unhealthy && !last_resort) {
                 origin_unref(o);
                 return 1;
         }
@@ -125,17 +126,23 @@ static int reader_open_one(ReplicaReader *r, size_t i, bool unhealthy, ReplicaHa
  * first error; a replica on an origin that is not configured (any more) is skipped rather than
  * counted as the error. */
 static int reader_open_from(ReplicaReader *r, size_t start, size_t exclude, ReplicaHandle **ret) {
+        uint64_t left = 0;      /* replicas the first pass left for the second (any past 64 are tried) */
         int first_error = 0;
 
         for (int pass = 0; pass < 2; pass++)
                 for (size_t k = 0; k < r->n_sources; k++) {
                         size_t i = (start + k) % r->n_sources;
-                        if (i == exclude)
+                        if (i == exclude || (pass == 1 && i < 64 && !(left & (UINT64_C(1) << i))))
                                 continue;
 
                         int e = reader_open_one(r, i, pass == 1, ret);
                         if (e == 0)
                                 return 0;
+                        if (e == 1) {
+                                if (i < 64)
+                                        left |= UINT64_C(1) << i;
+                                continue;
+                        }
                         if (e == -ENOMEM)
                                 return e;
                         if (e < 0 && e != -ENODEV && first_error == 0)

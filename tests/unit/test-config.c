@@ -413,6 +413,29 @@ static void test_watch_keys(void **state) {
         CHECK_ERROR("[origin \"a\"]\npath = /x\npoll_interval = 604801\n", 3, "poll_interval");
 }
 
+/* D11: the health monitor's interval and per-check timeout. */
+static void test_health_keys(void **state) {
+        Fixture *f = *state;
+        Config c;
+
+        config_init_defaults(&c);
+        assert_int_equal(c.health_interval, CONFIG_DEFAULT_HEALTH_INTERVAL_SEC);
+        assert_int_equal(c.health_timeout, CONFIG_DEFAULT_HEALTH_TIMEOUT_SEC);
+        config_free(&c);
+
+        write_file(f->conf, "[musicfsd]\nhealth_interval = 1\nhealth_timeout = 300\n");
+        config_init_defaults(&c);
+        load_ok(&c, f->conf);
+        assert_int_equal(c.health_interval, 1);
+        assert_int_equal(c.health_timeout, 300);
+        config_free(&c);
+
+        CHECK_ERROR("[musicfsd]\nhealth_interval = 0\n", 2, "health_interval");
+        CHECK_ERROR("[musicfsd]\nhealth_interval = 3601\n", 2, "health_interval");
+        CHECK_ERROR("[musicfsd]\nhealth_timeout = 0\n", 2, "health_timeout");
+        CHECK_ERROR("[musicfsd]\nhealth_timeout = 5s\n", 2, "health_timeout");
+}
+
 static void test_errors(void **state) {
         Fixture *f = *state;
 
@@ -903,6 +926,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_quoted_values, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cache_section, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch_keys, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_health_keys, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unreadable_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dropins, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dropins_without_main_file, setup, teardown),
