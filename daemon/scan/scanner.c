@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,14 @@
 
 #define SCAN_BATCH_SIZE_DEFAULT 256
 #define SCAN_BATCH_SIZE_MAX 65536
+/* Tag reads in flight. A remote read is mostly waiting on the network: at a few round trips of 20 ms
+ * a file, 16 keep some hundreds of files a second going. A local one is mostly libavformat's CPU and the disk: a few keep
+ * both busy on a small machine without crowding the rest of the daemon. */
+#define SCAN_READS_REMOTE 16u
+#ifndef SCAN_READS_LOCAL        /* -DSCAN_READS_LOCAL=1u: the serial scanner, for the bench's comparison */
+#define SCAN_READS_LOCAL 4u
+#endif
+#define SCAN_READS_MAX 64u
 
 /* The origin's rows as the catalog had them when the scan began, found by rel_path without a query
  * per file: open addressing with linear probing over indexes into the loaded array, at most half
@@ -94,6 +103,36 @@ typedef struct Pending {
         CatalogFile file;       /* rel_path owned; tags owned for an upsert */
 } Pending;
 
+/* A new or changed file handed to the tag readers, and what they found. */
+typedef struct ReadJob {
+        struct ReadJob *next;
+        char *rel_path;
+        OriginStat st;
+        const char *ext;        /* static (tags_audio_extension()) */
+        bool existed;
+        int result;             /* 0 read (parsed or not), a negative errno from the origin, -ECANCELED skipped */
+        bool parsed;
+        TrackTags tags;
+} ReadJob;
+
+/* The scan's tag readers: threads started as reads come (an unchanged rescan starts none), each with
+ * its own libavformat context per file. They only read: every catalog write stays on the scanning
+ * thread, which takes their results back (ReadPool.done) into its batches. */
+typedef struct ReadPool {
+        pthread_mutex_t lock;
+        pthread_cond_t work;    /* to the readers: a job queued, or stop */
+        pthread_cond_t finished; /* to the scanner: a job done */
+        ReadJob *todo, *todo_tail;
+        ReadJob *done, *done_tail;
+        unsigned n_in_flight;   /* submitted and not yet taken back */
+        unsigned max_reads;     /* 1: no threads, reads run on the scanning thread */
+        pthread_t threads[SCAN_READS_MAX];
+        unsigned n_threads, n_idle;
+        bool stop;
+        Origin *origin;
+        atomic_bool *cancel;
+} ReadPool;
+
 typedef struct Scan {
         Catalog *catalog;
         Origin *origin;
@@ -113,6 +152,8 @@ typedef struct Scan {
 
         int error;      /* why the walk callback stopped the walk */
         bool checkpoint;        /* a full scan: record progress with every batch, so it can resume */
+
+        ReadPool readers;
 } Scan;
 
 static void pending_clear(Scan *s) {
@@ -128,15 +169,23 @@ static bool scan_cancelled(const Scan *s) {
 /* Writes the pending files in one transaction. A file whose row cannot be written is counted as
  * failed and the batch goes on; when the failure took the whole transaction with it, the commit
  * says so and the scan stops. */
+static int scan_collect(Scan *s, unsigned max_left);
+
 static int scan_flush(Scan *s) {
         CatalogBatch *b = NULL;
-        ScanStats stats = s->stats;
+        ScanStats stats;
         const char *first_failed = NULL;
         unsigned n_failed = 0;
         int r, first_error = 0;
 
+        /* A batch commits files whose tags are read, never one still in flight: the checkpoint's
+         * count is then exactly the files the catalog has. */
+        r = scan_collect(s, 0);
+        if (r < 0)
+                return r;
         if (s->n_pending == 0)
                 return 0;
+        stats = s->stats;
 
         r = catalog_batch_begin(s->catalog, &b);
         if (r < 0)
@@ -250,31 +299,227 @@ static Pending *pending_add(Scan *s, PendingKind kind, const char *rel_path, con
         return p;
 }
 
-/* Opens and parses one new or changed file. 0 with *ret_parsed set, or the origin's error. */
-static int scan_read_tags(Scan *s, const char *rel_path, uint64_t size, TrackTags *ret, bool *ret_parsed) {
+static void read_job_free(ReadJob *j) {
+        if (!j)
+                return;
+        free(j->rel_path);
+        track_tags_free(&j->tags);
+        free(j);
+}
+
+/* Opens and parses one new or changed file, on a reader thread (or the scanning thread when reads
+ * are serial). Touches nothing but the job and the origin. */
+static void read_job_run(ReadPool *p, ReadJob *j) {
         OriginFile *f = NULL;
         int r;
 
-        r = FAILPOINT(SCAN_FILE);
-        if (r < 0)
-                return r;
+        if (p->cancel && atomic_load(p->cancel)) {
+                j->result = -ECANCELED;
+                return;
+        }
+        r = origin_open(p->origin, j->rel_path, &f);
+        if (r >= 0) {
+                r = tags_read(f, j->st.size, &j->tags);
+                origin_close(f);
+        }
+        j->parsed = r >= 0;
+        j->result = r == -EBADMSG ? 0 : r;
+}
 
-        s->stats.read++;
-        r = origin_open(s->origin, rel_path, &f);
-        if (r < 0)
-                return r;
-        r = tags_read(f, size, ret);
-        origin_close(f);
+static void *reader_main(void *userdata) {
+        ReadPool *p = userdata;
 
-        if (r == -EBADMSG) {
-                log_info("Origin %s: cannot read tags of %s, listing under Unknown", s->origin->name, rel_path);
-                *ret_parsed = false;
+        pthread_mutex_lock(&p->lock);
+        for (;;) {
+                while (!p->todo && !p->stop) {
+                        p->n_idle++;
+                        pthread_cond_wait(&p->work, &p->lock);
+                        p->n_idle--;
+                }
+                if (p->stop)
+                        break;
+                ReadJob *j = p->todo;
+                p->todo = j->next;
+                if (!p->todo)
+                        p->todo_tail = NULL;
+                pthread_mutex_unlock(&p->lock);
+
+                read_job_run(p, j);
+
+                pthread_mutex_lock(&p->lock);
+                j->next = NULL;
+                if (p->done_tail)
+                        p->done_tail->next = j;
+                else
+                        p->done = j;
+                p->done_tail = j;
+                pthread_cond_signal(&p->finished);
+        }
+        pthread_mutex_unlock(&p->lock);
+        return NULL;
+}
+
+static unsigned scan_max_reads(const Origin *o, const ScanHooks *hooks, size_t batch_size) {
+        unsigned n;
+
+        if (hooks && hooks->max_reads > 0)
+                n = hooks->max_reads;
+        else if (o->ops->own_timeouts || !o->ops->kind || strcmp(o->ops->kind, "local") != 0)
+                n = SCAN_READS_REMOTE;
+        else
+                n = SCAN_READS_LOCAL;
+        if (n > SCAN_READS_MAX)
+                n = SCAN_READS_MAX;
+        /* More than a batch in flight would only wait for the batch's end. */
+        return batch_size < n ? (unsigned) batch_size : n;
+}
+
+static int read_pool_init(ReadPool *p, Origin *o, atomic_bool *cancel, unsigned max_reads) {
+        int k;
+
+        *p = (ReadPool) { .max_reads = max_reads, .origin = o, .cancel = cancel };
+        k = pthread_mutex_init(&p->lock, NULL);
+        if (k != 0)
+                return -k;
+        k = pthread_cond_init(&p->work, NULL);
+        if (k == 0) {
+                k = pthread_cond_init(&p->finished, NULL);
+                if (k != 0)
+                        pthread_cond_destroy(&p->work);
+        }
+        if (k != 0) {
+                pthread_mutex_destroy(&p->lock);
+                *p = (ReadPool) {};
+                return -k;
+        }
+        return 0;
+}
+
+/* Stops the readers once their current file is done, and drops what they had not taken back. */
+static void read_pool_done(ReadPool *p) {
+        if (!p->origin)
+                return;
+        pthread_mutex_lock(&p->lock);
+        p->stop = true;
+        pthread_cond_broadcast(&p->work);
+        pthread_mutex_unlock(&p->lock);
+        for (unsigned i = 0; i < p->n_threads; i++)
+                (void) pthread_join(p->threads[i], NULL);
+
+        for (ReadJob *lists[] = { p->todo, p->done }, **l = lists; l < lists + ELEMENTSOF(lists); l++)
+                while (*l) {
+                        ReadJob *next = (*l)->next;
+                        read_job_free(*l);
+                        *l = next;
+                }
+        pthread_cond_destroy(&p->finished);
+        pthread_cond_destroy(&p->work);
+        pthread_mutex_destroy(&p->lock);
+        *p = (ReadPool) {};
+}
+
+/* Hands a job to the readers (owning it from here), starting one more reader when none is idle. */
+static int read_pool_submit(ReadPool *p, ReadJob *j) {
+        if (p->max_reads <= 1) {
+                read_job_run(p, j);
+                if (p->done_tail)
+                        p->done_tail->next = j;
+                else
+                        p->done = j;
+                p->done_tail = j;
+                p->n_in_flight++;
                 return 0;
         }
-        if (r < 0)
-                return r;
-        *ret_parsed = true;
+
+        pthread_mutex_lock(&p->lock);
+        if (p->todo_tail)
+                p->todo_tail->next = j;
+        else
+                p->todo = j;
+        p->todo_tail = j;
+        p->n_in_flight++;
+        if (p->n_idle == 0 && p->n_threads < p->max_reads) {
+                int k = pthread_create(&p->threads[p->n_threads], NULL, reader_main, p);
+                if (k == 0)
+                        p->n_threads++;
+                else if (p->n_threads == 0) {
+                        /* No thread to be had (EAGAIN: the task limit): the scan reads serially
+                         * rather than fail. Nothing else is queued, since nobody could take it. */
+                        log_debug_errno(k, "Origin %s: cannot start a tag reader, reading serially: %m",
+                                        p->origin->name);
+                        p->todo = p->todo_tail = NULL;
+                        p->n_in_flight--;
+                        p->max_reads = 1;
+                        pthread_mutex_unlock(&p->lock);
+                        return read_pool_submit(p, j);
+                }
+        }
+        pthread_cond_signal(&p->work);
+        pthread_mutex_unlock(&p->lock);
         return 0;
+}
+
+static int scan_oom(Scan *s);
+
+/* A read came back: its file joins the pending batch (or is counted as failed). */
+static int scan_take(Scan *s, ReadJob *j) {
+        Pending *p;
+
+        if (j->result == -ECANCELED) {  /* never read: the next scan reads it */
+                s->stats.read--;
+                return 0;
+        }
+        if (j->result < 0) {
+                log_warning_errno(j->result, "Origin %s: cannot read %s, skipping it: %m", s->origin->name, j->rel_path);
+                s->stats.failed++;
+                /* A row it had stays until a scan can read the file again. */
+                if (j->existed && !pending_add(s, PENDING_KEEP, j->rel_path, &j->st, NULL, true))
+                        return scan_oom(s);
+                return 0;
+        }
+        if (!j->parsed)
+                log_info("Origin %s: cannot read tags of %s, listing under Unknown", s->origin->name, j->rel_path);
+        p = pending_add(s, PENDING_UPSERT, j->rel_path, &j->st, j->ext, j->existed);
+        if (!p)
+                return scan_oom(s);
+        p->file.parsed = j->parsed;
+        p->file.tags = j->tags;
+        j->tags = (TrackTags) {};
+        return 0;
+}
+
+/* Takes back the finished reads, waiting until at most max_left are still in flight. */
+static int scan_collect(Scan *s, unsigned max_left) {
+        ReadPool *p = &s->readers;
+        int r = 0;
+
+        if (!p->origin)
+                return 0;
+        for (;;) {
+                ReadJob *done;
+
+                if (p->max_reads > 1)
+                        pthread_mutex_lock(&p->lock);
+                while (!p->done && p->n_in_flight > max_left)
+                        pthread_cond_wait(&p->finished, &p->lock);
+                done = p->done;
+                p->done = p->done_tail = NULL;
+                for (ReadJob *j = done; j; j = j->next)
+                        p->n_in_flight--;
+                bool more = p->n_in_flight > max_left;
+                if (p->max_reads > 1)
+                        pthread_mutex_unlock(&p->lock);
+
+                while (done) {
+                        ReadJob *next = done->next;
+                        if (r >= 0)
+                                r = scan_take(s, done);
+                        read_job_free(done);
+                        done = next;
+                }
+                if (r < 0 || !more)
+                        return r;
+        }
 }
 
 static int scan_oom(Scan *s) {
@@ -285,7 +530,6 @@ static int scan_file(const char *rel_path, const OriginStat *st, void *userdata)
         Scan *s = userdata;
         const CatalogFile *known;
         const char *ext;
-        Pending *p;
         int r;
 
         if (scan_cancelled(s))
@@ -302,27 +546,37 @@ static int scan_file(const char *rel_path, const OriginStat *st, void *userdata)
                 if (!pending_add(s, PENDING_UNCHANGED, rel_path, st, NULL, true))
                         return (s->error = scan_oom(s));
         } else {
-                TrackTags tags = {};
-                bool parsed = false;
-
-                r = scan_read_tags(s, rel_path, st->size, &tags, &parsed);
+                /* Per file read, on this thread and before the read: a pause holds the scan, and
+                 * what it counted is what the batches commit. */
+                r = FAILPOINT(SCAN_FILE);
                 if (r < 0) {
                         log_warning_errno(r, "Origin %s: cannot read %s, skipping it: %m", s->origin->name, rel_path);
                         s->stats.failed++;
-                        /* A row it had stays until a scan can read the file again. */
                         if (known && !pending_add(s, PENDING_KEEP, rel_path, st, NULL, true))
                                 return (s->error = scan_oom(s));
                 } else {
-                        p = pending_add(s, PENDING_UPSERT, rel_path, st, ext, known);
-                        if (!p) {
-                                track_tags_free(&tags);
+                        ReadJob *j = calloc(1, sizeof *j);
+                        if (!j || !(j->rel_path = strdup(rel_path))) {
+                                free(j);
                                 return (s->error = scan_oom(s));
                         }
-                        p->file.parsed = parsed;
-                        p->file.tags = tags;
+                        j->st = *st;
+                        j->ext = ext;
+                        j->existed = known;
+                        s->stats.read++;
+                        r = read_pool_submit(&s->readers, j);
+                        if (r < 0)
+                                return (s->error = log_error_errno(r, "Origin %s: cannot start a tag reader: %m",
+                                                                   s->origin->name));
                 }
         }
 
+        /* The batch is full once what is pending and what is in flight fill it; with room left,
+         * only a full set of readers waits for one of them. */
+        r = scan_collect(s, s->n_pending + s->readers.n_in_flight >= s->batch_size ? 0 :
+                            s->readers.max_reads > 0 ? s->readers.max_reads - 1 : 0);
+        if (r < 0)
+                return (s->error = r);
         if (s->n_pending >= s->batch_size) {
                 r = scan_flush(s);
                 if (r < 0)
@@ -387,6 +641,10 @@ static bool scan_is_unread(const Scan *s, const char *rel_path) {
 static int scan_keep_unread(Scan *s) {
         int r;
 
+        /* The reads still in flight take their places in the batches first. */
+        r = scan_collect(s, 0);
+        if (r < 0)
+                return r;
         qsort(s->unread, s->n_unread, sizeof *s->unread, string_compare);
 
         for (size_t i = 0; i < s->known.n_files; i++) {
@@ -412,6 +670,9 @@ static int scan_keep_unread(Scan *s) {
 static int scan_remove_unseen(Scan *s) {
         int r;
 
+        r = scan_collect(s, 0);
+        if (r < 0)
+                return r;
         if (s->n_unread > 0)
                 qsort(s->unread, s->n_unread, sizeof *s->unread, string_compare);
         for (size_t i = 0; i < s->known.n_files; i++) {
@@ -441,6 +702,7 @@ static void scan_checkpoint_end(Scan *s) {
 }
 
 static void scan_done(Scan *s) {
+        read_pool_done(&s->readers);
         pending_clear(s);
         free(s->pending);
         known_files_done(&s->known);
@@ -471,6 +733,9 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
         s.pending = calloc(s.batch_size, sizeof *s.pending);
         if (!s.pending)
                 return -ENOMEM;
+        r = read_pool_init(&s.readers, origin, hooks ? hooks->cancel : NULL, scan_max_reads(origin, hooks, s.batch_size));
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot set up the tag readers: %m", origin->name);
 
         r = known_files_load(&s.known, catalog, origin->id, "");
         if (r < 0)
@@ -708,6 +973,9 @@ int scan_origin_paths(Catalog *catalog, Origin *origin, const char *const *paths
         removable = calloc(n_paths, sizeof *removable);
         if (!s.pending || !sorted || !removable)
                 return -ENOMEM;
+        r = read_pool_init(&s.readers, origin, hooks ? hooks->cancel : NULL, scan_max_reads(origin, hooks, s.batch_size));
+        if (r < 0)
+                return log_error_errno(r, "Origin %s: cannot set up the tag readers: %m", origin->name);
         memcpy(sorted, paths, n_paths * sizeof *paths);
         n_paths = paths_normalize(sorted, n_paths);
 

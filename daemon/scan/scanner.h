@@ -5,7 +5,10 @@
  * except those under what the walk could not read. A full scan checkpoints its progress in every
  * batch and, killed halfway, resumes at the next one (catalog_full_scan_begin()); the sync's
  * targeted scans (scan_origin_paths()) cover only the paths that changed.
- * Runs on the caller's thread; the manager runs it on a background thread. */
+ * Runs on the caller's thread (the manager runs it on a background thread), which alone touches the
+ * catalog; the tags of new and changed files are read by a few threads of the scan's own, several
+ * files in flight at once, so a remote origin costs its latency once per batch of reads rather than
+ * once per file. */
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -28,6 +31,9 @@ typedef struct ScanHooks {
         void (*batch_committed)(const ScanStats *stats, void *userdata);
         void *userdata;
         atomic_bool *cancel;    /* checked between files; a cancelled scan removes nothing */
+        /* Tag reads in flight at once; 0: the default for the origin's kind (16 for a remote one,
+         * where each read is a round trip, 4 for a local one), 1: read on the scanning thread. */
+        unsigned max_reads;
 } ScanHooks;
 
 /* 0 on completion, -ECANCELED when cancelled, other negative errno when the walk or catalog failed

@@ -16,6 +16,7 @@
 #include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "catalog.h"
@@ -963,6 +964,106 @@ static void test_clock_jumps(void **state) {
         assert_int_equal(s.unchanged, 5);
 }
 
+#if MUSICFS_FAILPOINTS
+/* n files, each with a title of its own ("Title 0007", as long as the samples' "Scan Title", so the
+ * tag block keeps its size): a read whose result landed in another file's row shows. */
+static void populate_titled(const Fixture *f, unsigned n) {
+        char rel[128], title[16];
+
+        for (unsigned i = 0; i < n; i++) {
+                const char *sample = i % 2 ? samples.mp3 : samples.flac;
+                size_t size = i % 2 ? samples.mp3_size : samples.flac_size;
+                _cleanup_free_ char *buf = malloc(size);
+                assert_non_null(buf);
+                memcpy(buf, sample, size);
+                char *at = memmem(buf, size, "Scan Title", 10);
+                assert_non_null(at);
+                snprintf(title, sizeof title, "Title %04u", i);
+                memcpy(at, title, 10);
+                track_path(rel, sizeof rel, i);
+                write_at(f, rel, buf, size);
+        }
+}
+
+static uint32_t fired(const char *name) {
+        FailpointInfo *info = NULL;
+        size_t n = 0;
+        uint32_t count = 0;
+
+        assert_int_equal(failpoint_list(&info, &n), 0);
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(info[i].name, name) == 0)
+                        count = info[i].fired;
+        failpoint_info_free(info, n);
+        return count;
+}
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+        assert_int_equal(clock_gettime(CLOCK_MONOTONIC, &ts), 0);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+#endif
+
+/* Tag reads overlap: with every origin read taking 20 ms (a remote origin's round trip, made with
+ * sleep(20), which blocks as a network wait does; delay() would spin a CPU and measure the cores),
+ * a scan with its default readers takes well under the serial sum of those 20 ms, and writes the
+ * catalog a serial scan writes, each file with its own tags. */
+static void test_concurrent_reads(void **state) {
+#if MUSICFS_FAILPOINTS
+        Fixture *f = *state;
+        ScanHooks serial = { .max_reads = 1 };
+        char db[128], rel[128], title[16];
+        Catalog *other = NULL;
+        int64_t id = f->origin->id, other_id = 0;
+        ScanStats s;
+
+        populate_titled(f, 40);
+
+        assert_int_equal(failpoint_arm("origin-read", "sleep(20)", NULL), 0);
+        uint64_t t0 = now_usec();
+        assert_int_equal(scan_origin(f->catalog, f->origin, 0, &serial, &s), 0);
+        uint64_t serial_usec = now_usec() - t0;
+        uint32_t reads = fired("origin-read");
+        assert_stats(s, 40, 40, 0, 0, 0, 0, 0);
+        assert_int_equal(s.read, 40);
+        /* At least one origin read per file, each 20 ms: the serial scan paid every one. */
+        assert_true(reads >= 40);
+        assert_true(serial_usec >= (uint64_t) reads * 20000u);
+
+        snprintf(db, sizeof db, "%s/concurrent.db", f->dir);
+        assert_int_equal(catalog_open(db, &other), 0);
+        assert_int_equal(catalog_origin_ensure(other, "music", f->music, 0, &other_id), 0);
+        f->origin->id = other_id;
+        assert_int_equal(failpoint_arm("origin-read", "sleep(20)", NULL), 0);
+        t0 = now_usec();
+        assert_int_equal(scan_origin(other, f->origin, 0, NULL, &s), 0);
+        uint64_t concurrent_usec = now_usec() - t0;
+        f->origin->id = id;
+        failpoint_disarm_all();
+        assert_stats(s, 40, 40, 0, 0, 0, 0, 0);
+        assert_int_equal(s.read, 40);
+        print_message("40 files, %u reads of 20 ms: serial %.0f ms, concurrent %.0f ms\n", reads,
+                      serial_usec / 1000.0, concurrent_usec / 1000.0);
+        assert_true(concurrent_usec < serial_usec / 2);
+
+        assert_same_catalog(f->catalog, id, other, other_id);
+        for (unsigned i = 0; i < 40; i++) {
+                track_path(rel, sizeof rel, i);
+                snprintf(title, sizeof title, "Title %04u", i);
+                CatalogFile *row = find_row(other, other_id, rel);
+                assert_non_null(row);
+                assert_true(row->parsed);
+                assert_string_equal(row->tags.title, title);
+                assert_string_equal(row->tags.artist, "Scan Artist");
+                row_free(row);
+        }
+        catalog_close(other);
+#else
+        skip();
+#endif
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
@@ -978,6 +1079,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_resume, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_targeted, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clock_jumps, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_concurrent_reads, setup, teardown),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
