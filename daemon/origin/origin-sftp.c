@@ -43,6 +43,8 @@
 #define SFTP_POOL_MAX 64
 #define SFTP_HANDLE_SLOTS 8             /* open remote handles kept per session */
 #define SFTP_READAHEAD (128 * 1024)     /* what a small read fetches: the tag parser's many small reads cost one */
+#define SFTP_STREAM_MIN (512 * 1024)    /* a read this large is a stream's (a fill reads 1 MiB at a time) */
+#define SFTP_STREAM_AHEAD (2 * 1024 * 1024)     /* kept in flight by a stream: OpenSSH sftp's 64 x 32 KiB */
 #define SFTP_CHECK_TIMEOUT_SEC 5        /* D11: a health check has its own 5 s */
 #define USEC_PER_SEC UINT64_C(1000000)
 #ifndef MIN
@@ -644,7 +646,9 @@ static ssize_t sftp_run(SftpOrigin *so, const char *what, const char *path, unsi
                 if (attempt >= ELEMENTSOF(backoff_ms) || n + backoff_ms[attempt] * UINT64_C(1000) >= deadline) {
                         log_warning_errno((int) r, "SFTP origin %s: %s %s failed after %u attempt(s): %m",
                                           so->base.name, what, strempty(path), attempt + 1);
-                        return -EIO;
+                        /* A host that does not resolve stays EHOSTUNREACH, as the S3 origin answers
+                         * it: the health check tells a DNS failure apart and rechecks sooner (4.2.5). */
+                        return r == -EHOSTUNREACH ? r : -EIO;
                 }
                 log_debug_errno((int) r, "SFTP origin %s: %s %s failed, retrying in %u ms: %m", so->base.name, what,
                                 strempty(path), backoff_ms[attempt]);
@@ -843,9 +847,13 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                 s->wait_error = 0;
                 for (;;) {
                         /* libssh2 keeps four times the buffer it is given requested ahead: a quarter of
-                         * what is left asks for all of it at once, pipelined, and for nothing past it. */
+                         * what is left asks for all of it at once, pipelined, and for nothing past it.
+                         * A large read (a fill's) streams: SFTP_STREAM_AHEAD stays requested past its
+                         * end, so the next sequential read finds its data under way instead of a
+                         * round trip's gap (libssh2 drops what a seek or close leaves unread). */
                         size_t want = a->size - done;
-                        n = libssh2_sftp_read(h->handle, (char *) a->buf + done, MIN((want + 3) / 4, want));
+                        size_t ask = a->size >= SFTP_STREAM_MIN ? SFTP_STREAM_AHEAD / 4 : (want + 3) / 4;
+                        n = libssh2_sftp_read(h->handle, (char *) a->buf + done, MIN(ask, want));
                         if (n != LIBSSH2_ERROR_EAGAIN)
                                 break;
                         if (session_wait(s, deadline) < 0) {
