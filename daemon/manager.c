@@ -727,10 +727,9 @@ static int manager_open_cache(Manager *m) {
         if (r < 0)
                 log_warning_errno(r, "Failed to create the cache directory %s: %m", dir);
 
-        /* Present: the last run closed the cache; consumed now, so a crash from here on is seen. */
-        bool clean = unlink(m->cache_clean_marker) >= 0;
-        if (!clean && errno != ENOENT)
-                log_debug_errno(errno, "Failed to remove %s, ignoring: %m", m->cache_clean_marker);
+        /* Present and naming the index as it is: the last run closed the cache and nothing wrote
+         * the index since; consumed now, so a crash from here on is seen. */
+        bool clean = cache_clean_marker_consume(dir, m->cache_clean_marker);
         bool unclean = !clean && access(index, F_OK) >= 0;
 
         m->cache_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -776,13 +775,9 @@ static void manager_close_cache(Manager *m) {
         cache_close(m->cache);
         m->cache = NULL;
         if (m->cache_clean_marker) {
-                int fd = open(m->cache_clean_marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-                if (fd < 0)
-                        log_debug_errno(errno, "Failed to write %s, ignoring: %m", m->cache_clean_marker);
-                else {
-                        (void) fsync(fd);
-                        close(fd);
-                }
+                _cleanup_free_ char *dir = NULL;
+                if (asprintf(&dir, "%s/cache", m->config.cache_dir) >= 0)
+                        (void) cache_clean_marker_write(dir, m->cache_clean_marker);
         }
 }
 

@@ -59,6 +59,7 @@ struct Cache {
         pthread_mutex_t lock;
         pthread_cond_t wake;
         ChunkId *touched;
+        uint64_t *touched_at;           /* each access's own time: a batch must keep the LRU order */
         size_t n_touched, n_touched_alloc;
         bool maintenance_requested;
         bool stopping;
@@ -75,7 +76,9 @@ struct Cache {
         ChunkIndex **retired;
         size_t n_retired;
         atomic_bool index_rebuild;              /* the maintenance thread must rebuild the index */
+        atomic_bool index_check;                /* reopened after an error: the maintenance thread probes it */
         atomic_uint_fast64_t stored_bytes;
+        atomic_uint_fast64_t reserved_bytes;    /* announced by cache_make_room(), not indexed yet */
         char **pins_missing;
         size_t n_pins_missing;
 };
@@ -87,7 +90,8 @@ bool cache_prefetch_allowed(Cache *c);          /* below prefetch_percent: read-
 /* A chunk was served: its access time is flushed to the index in a batch (survives restarts). */
 void cache_note_access(Cache *c, const ChunkId *id);
 /* Chunks were stored: wakes the maintenance thread to hold the budget (it evicts before the total
- * passes 1.05× the budget; writers call it after each batch). */
+ * passes 1.05× the budget; writers call it after each batch); releases what cache_make_room()
+ * reserved for them. */
 void cache_note_stored(Cache *c, uint64_t bytes);
 /* An error from the cache disk or index (negative errno): EROFS, ENOSPC, EDQUOT, EIO, EACCES, EPERM
  * turn passthrough on with their reason; -ENOTRECOVERABLE reopens the index. Others are ignored. */
@@ -99,6 +103,18 @@ void cache_pin_progress(Cache *c, uint64_t bytes);
  * evicts first, synchronously, if the stored total plus bytes would pass the budget, so that the
  * chunk files on disk never exceed 1.05× even with two fill threads. */
 void cache_make_room(Cache *c, uint64_t bytes);
+/* Every cache_make_room() is followed by cache_note_stored() with the same bytes once the batch is
+ * indexed, or by this when it failed: the bytes announced by writers in flight count against the
+ * budget too, so that concurrent writers do not all see room for themselves. */
+void cache_room_release(Cache *c, uint64_t bytes);
+/* (Added for D9.) Before a writer writes a batch of up to bytes: evicts first, synchronously, when
+ * the disk would pass the evict watermark, whatever the budget (cache_make_room checks the disk too,
+ * before the commit). */
+void cache_make_disk_room(Cache *c, uint64_t bytes);
+/* The most bytes one batch should hold on this disk (0: no limit known): a batch's temporaries take
+ * room before anything can be evicted for it, so two fill threads' batches must fit in the room
+ * between the evict watermark and a full disk. */
+uint64_t cache_disk_batch_max(Cache *c);
 
 /* cache-read.c, for cache.c. */
 int cache_fills_new(Cache *c, unsigned threads, CacheFills **ret);

@@ -320,13 +320,14 @@ static int chunk_store_back(Cache *c, const ChunkRef *ref, const void *data, con
         }
         cache_make_room(c, ref->size);
         r = chunk_batch_commit(b);
-        if (r < 0)
-                return disk_error(c, r, "storing a chunk again", path);
-        r = FAILPOINT(CACHE_INDEX);
+        if (r >= 0)
+                r = FAILPOINT(CACHE_INDEX);
         if (r >= 0)
                 r = chunk_index_chunks_add(index, ref, 1, now_usec());
-        if (r < 0)
-                return disk_error(c, r, "indexing a chunk stored again", path);
+        if (r < 0) {
+                cache_room_release(c, ref->size);
+                return disk_error(c, r, "storing a chunk again", path);
+        }
         cache_note_stored(c, ref->size);
         return 0;
 }
@@ -591,9 +592,12 @@ static CacheFillKind fill_job_kind(CacheFills *f, FillJob *j) {
 /* The budget is checked after each batch (cache_note_stored), so a batch may overshoot it by its own
  * size, and two fill threads by twice that: small budgets get small batches, to stay within 1.05×. */
 static uint64_t fill_batch_bytes(Cache *c) {
-        uint64_t b = c->opts.budget_bytes / 64;
+        uint64_t b = c->opts.budget_bytes / 64, disk = cache_disk_batch_max(c);
         if (c->opts.budget_bytes == 0 || b > FILL_BATCH_BYTES)
-                return FILL_BATCH_BYTES;
+                b = FILL_BATCH_BYTES;
+        /* A small disk (smaller than the budget, even) gets small batches too. */
+        if (disk > 0 && b > disk)
+                b = disk;
         return b < FILL_BATCH_MIN_BYTES ? FILL_BATCH_MIN_BYTES : b;
 }
 
@@ -645,8 +649,12 @@ static int fill_add_chunk(CacheFills *f, FillJob *j, FillBatch *b, const ChunkId
         /* Stored already (this file earlier, or another one), or in this batch: nothing to write. */
         ChunkInfo info;
         r = chunk_index_chunk_get(b->index, id, &info);
-        if (r >= 0)
+        if (r >= 0) {
+                /* Part of the file being filled: as used as the chunks this fill stores, or an
+                 * eviction in the middle of the fill takes it before older ones. */
+                cache_note_access(c, id);
                 return 0;
+        }
         if (r != -ENOENT)
                 return disk_error(c, r, "looking up a chunk", j->spec.path);
         for (size_t i = 0; i < b->n_added; i++)
@@ -654,6 +662,7 @@ static int fill_add_chunk(CacheFills *f, FillJob *j, FillBatch *b, const ChunkId
                         return 0;
 
         if (!b->batch) {
+                cache_make_disk_room(c, fill_batch_bytes(c));
                 r = chunk_batch_new(b->store, &b->batch);
                 if (r < 0)
                         return disk_error(c, r, "starting a chunk batch", j->spec.path);
@@ -680,13 +689,17 @@ static int fill_flush(CacheFills *f, FillJob *j, FillBatch *b, uint64_t end) {
                 if (b->n_added > 0) {
                         cache_make_room(c, b->added_bytes);
                         r = chunk_batch_commit(TAKE_PTR(b->batch));
-                        if (r < 0)
+                        if (r < 0) {
+                                cache_room_release(c, b->added_bytes);
                                 return disk_error(c, r, "committing a chunk batch", j->spec.path);
+                        }
                         r = FAILPOINT(CACHE_INDEX);
                         if (r >= 0)
                                 r = chunk_index_chunks_add(b->index, b->added, b->n_added, now_usec());
-                        if (r < 0)
+                        if (r < 0) {
+                                cache_room_release(c, b->added_bytes);
                                 return disk_error(c, r, "indexing stored chunks", j->spec.path);
+                        }
                         cache_note_stored(c, b->added_bytes);
                 } else
                         chunk_batch_abort(TAKE_PTR(b->batch));
@@ -1025,10 +1038,25 @@ static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk
                         log_debug("Chunk %s of %s is not in the store, fetching it again", hex, r->spec.path);
                 else
                         disk_error(c, (int) n, "reading a chunk", r->spec.path);
-                if ((n == -EBADMSG || n == -ENOENT) && index) {
+                /* Missing: another reader may have stored it again since (it was evicted under our
+                 * read); forgetting it then would leave that file an orphan the index does not
+                 * count. A bad file the store removed itself. */
+                uint64_t size_now;
+                if (n == -ENOENT && store && chunk_store_stat(store, &ref->id, &size_now) >= 0)
+                        log_debug("Chunk %s of %s was stored again meanwhile", hex, r->spec.path);
+                else if ((n == -EBADMSG || n == -ENOENT) && index) {
                         k = chunk_index_chunk_remove(index, &ref->id);
                         if (k < 0 && k != -ENOENT)
                                 disk_error(c, k, "forgetting a chunk", r->spec.path);
+                        /* Stored again between the look and the removal: index it again (a store
+                         * renames before it indexes, so this look cannot miss one we undid). */
+                        if (k >= 0 && store && chunk_store_stat(store, &ref->id, &size_now) >= 0 &&
+                            size_now > 0 && size_now <= UINT32_MAX) {
+                                ChunkRef again = { .id = ref->id, .size = (uint32_t) size_now };
+                                k = chunk_index_chunks_add(index, &again, 1, now_usec());
+                                if (k < 0)
+                                        disk_error(c, k, "indexing a chunk stored again", r->spec.path);
+                        }
                 }
 
                 k = reader_origin_read(r, data, ref->size, chunk_offset);

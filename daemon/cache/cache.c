@@ -34,6 +34,8 @@
 #define ADOPT_BATCH 1024
 #define TOUCH_FLUSH_AT 4096             /* buffered touches that wake the maintenance thread */
 #define TOUCH_MAX 65536                 /* beyond this, touches are dropped until the next flush */
+#define WATERMARK_HYSTERESIS 5          /* percent below evict_percent that a watermark eviction aims at */
+#define FORCED_EVICT_MIN (4u * 1024u * 1024u)   /* at least this much goes after an ENOSPC */
 #define HEALTH_INTERVAL_SEC 5           /* while passthrough has a disk reason */
 #define CHUNK_FILE_MAX (64u * 1024u * 1024u)    /* larger "chunk" files are bad without reading them */
 
@@ -179,9 +181,14 @@ void cache_note_access(Cache *c, const ChunkId *id) {
                 if (!t)
                         goto finish;
                 c->touched = t;
+                uint64_t *at = reallocarray(c->touched_at, n, sizeof *at);
+                if (!at)
+                        goto finish;
+                c->touched_at = at;
                 c->n_touched_alloc = n;
         }
-        c->touched[c->n_touched++] = *id;
+        c->touched[c->n_touched] = *id;
+        c->touched_at[c->n_touched++] = now_usec();
         wake = c->n_touched == TOUCH_FLUSH_AT;
 finish:
         pthread_mutex_unlock(&c->lock);
@@ -190,18 +197,20 @@ finish:
 }
 
 static void flush_touches(Cache *c) {
+        _cleanup_free_ uint64_t *times = NULL;
         ChunkId *ids;
         size_t n;
 
         pthread_mutex_lock(&c->lock);
         ids = TAKE_PTR(c->touched);
+        times = TAKE_PTR(c->touched_at);
         n = c->n_touched;
         c->n_touched = c->n_touched_alloc = 0;
         pthread_mutex_unlock(&c->lock);
 
         ChunkIndex *x = cache_index(c);
         if (n > 0 && x) {
-                int r = chunk_index_touch(x, ids, n, now_usec());
+                int r = chunk_index_touch(x, ids, times, n);
                 if (r < 0) {
                         log_debug_errno(r, "Failed to record %zu access times, dropping them: %m", n);
                         cache_disk_failed(c, r);
@@ -280,6 +289,51 @@ static int chunk_file_check(ChunkStore *s, const ChunkId *id, uint8_t **buf, siz
                 done += (size_t) k;
         }
         return chunk_id_matches(id, *buf, size) ? 1 : 0;
+}
+
+/* The first directory of the store this process may not write to (the top, or one of its xx/
+ * subdirectories), newly allocated in *ret_path, with the errno; 0 when every one is writable. The
+ * health probe only writes at the top, and a startup warning must name the exact directory. */
+static int store_find_unwritable(ChunkStore *s, char **ret_path) {
+        const char *top = chunk_store_dir(s);
+
+        for (int i = -1; i < 256; i++) {
+                _cleanup_free_ char *p = NULL;
+                if ((i < 0 ? asprintf(&p, "%s", top) : asprintf(&p, "%s/%02x", top, (unsigned) i)) < 0)
+                        return -ENOMEM;
+                if (faccessat(AT_FDCWD, p, W_OK | X_OK, AT_EACCESS) >= 0 || errno == ENOENT)
+                        continue;
+                int r = -errno;
+                *ret_path = TAKE_PTR(p);
+                return r;
+        }
+        return 0;
+}
+
+/* 6.7: say which directory, why, and what it would take, not just "the cache". */
+static void log_unwritable(const char *path, int error) {
+        struct stat st;
+
+        if (stat(path, &st) >= 0)
+                log_warning_errno(error, "Cache directory %s is not writable (%m; mode %04o, owner %u:%u; the daemon runs as "
+                                  "%u:%u and needs write and search permission there): reads bypass the cache until it is",
+                                  path, (unsigned) (st.st_mode & 07777), (unsigned) st.st_uid, (unsigned) st.st_gid,
+                                  (unsigned) geteuid(), (unsigned) getegid());
+        else
+                log_warning_errno(error, "Cache directory %s is not writable (%m): reads bypass the cache until it is", path);
+}
+
+static void store_check_writable(Cache *c, int probe_error) {
+        _cleanup_free_ char *path = NULL;
+
+        int r = store_find_unwritable(c->store, &path);
+        if (r == -ENOMEM)
+                return;
+        if (r < 0) {
+                log_unwritable(path, r);
+                passthrough_set_reason(c, reason_from_errno(r) ?: CACHE_PASSTHROUGH_PERMISSION, r, path);
+        } else if (probe_error == -EACCES || probe_error == -EPERM)
+                log_unwritable(chunk_store_dir(c->store), probe_error);
 }
 
 /* ---- index: open, move aside, rebuild ---- */
@@ -368,16 +422,15 @@ static bool index_error_is_damage(int r) {
 /* Opens dir/index.mdb; probes it first when asked (an unclean stop); a damaged one is moved aside and
  * a fresh one is rebuilt from the chunk files. Errors are the disk's (the caller turns passthrough
  * on). store may be NULL (nothing to rebuild from then). */
-static int index_open_recovering(const char *dir, ChunkStore *store, bool probe, ChunkIndex **ret) {
+static int index_open_recovering(const char *dir, ChunkStore *store, bool probe, bool damaged, ChunkIndex **ret) {
         _cleanup_free_ char *path = NULL;
         ChunkIndex *x = NULL;
-        bool damaged = false;
         int r;
 
         if (asprintf(&path, "%s/%s", dir, CHUNK_INDEX_FILE) < 0)
                 return -ENOMEM;
 
-        if (probe && access(path, F_OK) == 0) {
+        if (!damaged && probe && access(path, F_OK) == 0) {
                 r = chunk_index_probe(path);
                 if (r == -EBADMSG)
                         damaged = true;
@@ -530,28 +583,38 @@ static int spot_check(Cache *c) {
 
 /* ---- disk failures ---- */
 
+static uint64_t watermark_evict_locked(Cache *c, uint64_t extra, bool force);
+
 void cache_disk_failed(Cache *c, int error) {
         if (!c || error == 0)
                 return;
         error = -abs(error);
 
-        if (error == -ENOTRECOVERABLE) {
+        if (error == -ENOTRECOVERABLE || error == -EBADMSG) {
                 ChunkIndex *x = cache_index(c);
-                /* A rebuild is pending: every call fails until it ran, and each need not reopen. */
                 if (!x || atomic_load(&c->index_rebuild))
-                        return;
-                /* Someone else is reopening or rebuilding already. */
-                if (pthread_mutex_trylock(&c->index_lock) != 0)
-                        return;
-                int r = chunk_index_reopen(x);
-                pthread_mutex_unlock(&c->index_lock);
-                if (r >= 0) {
-                        log_warning("Chunk index reopened after an unrecoverable error");
-                        return;
+                        return;        /* a rebuild is pending: every call fails until it ran */
+                /* MDB_PANIC: a reopen is all it takes, at once, and the maintenance thread probes
+                 * the file (in a child) meanwhile. But MDB_CORRUPTED reopens "successfully" and
+                 * fails again at the next lookup: a second error before that check, or a record
+                 * that does not decode (EBADMSG), takes the path below. */
+                if (error == -ENOTRECOVERABLE && !atomic_exchange(&c->index_check, true)) {
+                        if (pthread_mutex_trylock(&c->index_lock) != 0)
+                                return;        /* someone else is reopening or rebuilding already */
+                        int r = chunk_index_reopen(x);
+                        pthread_mutex_unlock(&c->index_lock);
+                        if (r >= 0) {
+                                log_warning("Chunk index reopened after an unrecoverable error; checking it");
+                                maintenance_wake(c);
+                                return;
+                        }
+                        log_error_errno(r, "Failed to reopen the chunk index: %m");
                 }
-                log_error_errno(r, "Failed to reopen the chunk index: %m");
-                /* The rebuild walks every chunk file: the maintenance thread does it, not a reader. */
-                atomic_store(&c->index_rebuild, true);
+                /* The maintenance thread probes the file and reopens it when good, or moves it aside
+                 * and rebuilds it from the chunk files; reads bypass the cache until then. */
+                if (atomic_exchange(&c->index_rebuild, true))
+                        return;
+                log_error_errno(error, "Chunk index failed (%m): checking it, and rebuilding it from the chunk files if it is damaged");
                 passthrough_set_reason(c, CACHE_PASSTHROUGH_IO_ERROR, error, "chunk index");
                 maintenance_wake(c);
                 return;
@@ -560,6 +623,17 @@ void cache_disk_failed(Cache *c, int error) {
         CachePassthroughReason reason = reason_from_errno(error);
         if (reason == CACHE_PASSTHROUGH_NONE)
                 return;
+        /* A full disk: make room, and only when nothing can go is it passthrough. The lock is tried,
+         * never waited for: an eviction's own failure comes here with it held. */
+        if (reason == CACHE_PASSTHROUGH_FULL && cache_store(c) && cache_index(c) &&
+            pthread_mutex_trylock(&c->evict_lock) == 0) {
+                uint64_t evicted = watermark_evict_locked(c, 0, true);
+                pthread_mutex_unlock(&c->evict_lock);
+                if (evicted > 0) {
+                        log_debug_errno(error, "Cache write failed (%m), room made: no passthrough");
+                        return;
+                }
+        }
         if (passthrough_set_reason(c, reason, error, "cache disk"))
                 maintenance_wake(c);
 }
@@ -580,14 +654,14 @@ static void stored_bytes_refresh(Cache *c) {
         atomic_store(&c->stored_bytes, t.bytes);
 }
 
-/* Evicts least recently used unpinned chunks until the stored bytes are at or below target. */
-static int evict_to(Cache *c, uint64_t target) {
+/* Evicts least recently used unpinned chunks until the stored bytes are at or below target. The
+ * caller holds evict_lock; the bytes evicted go to *ret_evicted (may be NULL). */
+static int evict_locked(Cache *c, uint64_t target, uint64_t *ret_evicted) {
         ChunkRef refs[EVICT_BATCH];
         ChunkIndexTotals t;
         uint64_t n_evicted = 0, bytes_evicted = 0;
         int r = 0;
 
-        pthread_mutex_lock(&c->evict_lock);
         /* Recent reads must count before the order is read. */
         flush_touches(c);
 
@@ -650,19 +724,87 @@ finish:
                 log_debug("Evicted %" PRIu64 " chunks, %" PRIu64 " bytes (target %" PRIu64 ")", n_evicted, bytes_evicted, target);
         }
         stored_bytes_refresh(c);
+        if (ret_evicted)
+                *ret_evicted = bytes_evicted;
+        return r;
+}
+
+static int evict_to(Cache *c, uint64_t target) {
+        pthread_mutex_lock(&c->evict_lock);
+        int r = evict_locked(c, target, NULL);
         pthread_mutex_unlock(&c->evict_lock);
         return r;
+}
+
+/* Bytes the cache disk must lose to be at most percent full once extra more bytes are written;
+ * 0 when it is there already. */
+static int disk_excess(Cache *c, unsigned percent, uint64_t extra, uint64_t *ret) {
+        ChunkStore *s = cache_store(c);
+        uint64_t used, total;
+
+        if (!s)
+                return -ENODEV;
+        int r = chunk_store_disk_space(s, &used, &total);
+        if (r < 0)
+                return r;
+        uint64_t limit = total / 100 * percent + total % 100 * percent / 100;
+        *ret = used + extra > limit ? used + extra - limit : 0;
+        return 0;
+}
+
+/* D9: past the evict watermark (or when a write met ENOSPC: force), least recently used unpinned
+ * chunks go until the disk is back a few percent below it, whatever the budget: a budget larger
+ * than its disk would otherwise never make room, and every new file would fail to fill. The caller
+ * holds evict_lock. Returns the bytes evicted. */
+static uint64_t watermark_evict_locked(Cache *c, uint64_t extra, bool force) {
+        unsigned evict = c->opts.evict_percent;
+        unsigned low = evict > 10 ? evict - WATERMARK_HYSTERESIS : evict / 2;
+        uint64_t excess = 0, evicted = 0;
+
+        if (disk_excess(c, evict, extra, &excess) < 0 || (excess == 0 && !force))
+                return 0;
+        if (disk_excess(c, low, extra, &excess) < 0)
+                return 0;
+        stored_bytes_refresh(c);
+        uint64_t stored = atomic_load(&c->stored_bytes);
+        if (force) {
+                /* ENOSPC below the watermark (a quota, another writer): make some room anyway. */
+                uint64_t least = stored / 10 > FORCED_EVICT_MIN ? stored / 10 : FORCED_EVICT_MIN;
+                if (excess < least)
+                        excess = least;
+        }
+        if (stored == 0)
+                return 0;
+        (void) evict_locked(c, stored > excess ? stored - excess : 0, &evicted);
+        if (evicted > 0)
+                log_info("Cache disk %s: evicted %" PRIu64 " bytes (least recently used) to bring it below %u%%",
+                         force ? "full" : "past its evict watermark", evicted, low);
+        return evicted;
+}
+
+static void watermark_evict(Cache *c, uint64_t extra) {
+        pthread_mutex_lock(&c->evict_lock);
+        (void) watermark_evict_locked(c, extra, false);
+        pthread_mutex_unlock(&c->evict_lock);
 }
 
 static uint64_t budget_part(uint64_t budget, unsigned percent) {
         return budget / 100 * percent + budget % 100 * percent / 100;
 }
 
+void cache_room_release(Cache *c, uint64_t bytes) {
+        uint_fast64_t old = atomic_load(&c->reserved_bytes);
+        while (!atomic_compare_exchange_weak(&c->reserved_bytes, &old, old > bytes ? old - bytes : 0))
+                ;
+}
+
 void cache_note_stored(Cache *c, uint64_t bytes) {
         uint64_t budget = c->opts.budget_bytes;
-        (void) bytes;   /* the index's total is the truth: a batch may have been all dedup hits */
 
+        /* The index's total is the truth (a batch may have been all dedup hits); it is read before
+         * the reservation goes, so the bytes are never counted nowhere. */
         stored_bytes_refresh(c);
+        cache_room_release(c, bytes);
         if (budget == 0)
                 return;
         uint64_t stored = atomic_load(&c->stored_bytes);
@@ -674,17 +816,37 @@ void cache_note_stored(Cache *c, uint64_t bytes) {
                 maintenance_wake(c);
 }
 
+void cache_make_disk_room(Cache *c, uint64_t bytes) {
+        uint64_t excess = 0;
+
+        /* A batch that would take the disk past the evict watermark makes room itself, rather than
+         * fail with ENOSPC before the maintenance thread's next look. */
+        if (disk_excess(c, c->opts.evict_percent, bytes, &excess) >= 0 && excess > 0)
+                watermark_evict(c, bytes);
+}
+
+uint64_t cache_disk_batch_max(Cache *c) {
+        ChunkStore *s = cache_store(c);
+        uint64_t used, total;
+
+        if (!s || chunk_store_disk_space(s, &used, &total) < 0 || c->opts.evict_percent >= 100)
+                return 0;
+        return total / 100 * (100 - c->opts.evict_percent) / 4;
+}
+
 void cache_make_room(Cache *c, uint64_t bytes) {
         uint64_t budget = c->opts.budget_bytes;
 
+        cache_make_disk_room(c, bytes);
+        uint64_t reserved = atomic_fetch_add(&c->reserved_bytes, bytes) + bytes;
         if (budget == 0)
                 return;
-        if (atomic_load(&c->stored_bytes) + bytes <= budget)
+        if (atomic_load(&c->stored_bytes) + reserved <= budget)
                 return;
-        /* Down to 95 % with the batch counted, so that the other fill thread's batch, committed
-         * meanwhile, still leaves the total under 1.05x. */
+        /* Down to 95 % with every announced batch counted (readers storing chunks again and both
+         * fill threads), so that what they commit meanwhile still leaves the total under 1.05x. */
         uint64_t target = budget_part(budget, 95);
-        (void) evict_to(c, target > bytes ? target - bytes : 0);
+        (void) evict_to(c, target > reserved ? target - reserved : 0);
 }
 
 /* ---- the maintenance thread ---- */
@@ -716,10 +878,17 @@ static void budget_check(Cache *c) {
         if (budget == 0)
                 return;
         uint64_t stored = atomic_load(&c->stored_bytes);
-        if (atomic_load(&c->watermark_level) >= 1 && stored > budget_part(budget, 80))
-                (void) evict_to(c, budget_part(budget, 80));
-        else if (stored > budget)
+        if (stored > budget)
                 (void) evict_to(c, budget_part(budget, 95));
+}
+
+/* Past the evict watermark: back below it, then the level is measured again (so that passthrough
+ * for a full disk ends at the next probe, not a pass later). */
+static void watermark_check(Cache *c) {
+        if (atomic_load(&c->watermark_level) < 1)
+                return;
+        watermark_evict(c, 0);
+        disk_check(c);
 }
 
 /* Timed passes only. While a disk reason is set: brings store and index back when missing or
@@ -763,7 +932,7 @@ static void health_check(Cache *c, bool timed) {
         pthread_mutex_lock(&c->index_lock);
         if (!cache_index(c)) {
                 ChunkIndex *x = NULL;
-                r = index_open_recovering(c->dir, cache_store(c), true, &x);
+                r = index_open_recovering(c->dir, cache_store(c), true, false, &x);
                 if (x)
                         __atomic_store_n(&c->index, x, __ATOMIC_RELEASE);
                 if (r < 0) {
@@ -772,21 +941,27 @@ static void health_check(Cache *c, bool timed) {
                 }
         } else if (atomic_load(&c->index_rebuild)) {
                 ChunkIndex *old = cache_index(c);
-                r = chunk_index_reopen(old);
-                if (r < 0) {
-                        _cleanup_free_ char *path = NULL;
-                        if (asprintf(&path, "%s/%s", c->dir, CHUNK_INDEX_FILE) < 0) {
-                                pthread_mutex_unlock(&c->index_lock);
-                                return;
-                        }
-                        /* Damaged or gone: rebuild. Anything else (EIO, EACCES) may pass: retry. */
-                        int p = chunk_index_probe(path);
-                        if (p != -EBADMSG && p != -ENOENT) {
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "%s/%s", c->dir, CHUNK_INDEX_FILE) < 0) {
+                        pthread_mutex_unlock(&c->index_lock);
+                        return;
+                }
+                /* The index said it is damaged: check the file first (in a child: LMDB trusts its
+                 * pages), since a reopen of a damaged file "succeeds" and fails again on the next
+                 * lookup. Damaged or gone: rebuild; good: reopen; anything else (EIO): retry. */
+                int p = chunk_index_probe(path);
+                if (p >= 0 || (p != -EBADMSG && p != -ENOENT)) {
+                        if (p < 0)
+                                log_warning_errno(p, "Could not check the chunk index %s, reopening it anyway: %m", path);
+                        r = chunk_index_reopen(old);
+                        if (r < 0) {
                                 pthread_mutex_unlock(&c->index_lock);
                                 return (void) log_debug_errno(r, "Health probe: the chunk index cannot be reopened yet: %m");
                         }
+                        log_notice("Chunk index %s reopened after an error%s", path, p >= 0 ? " (checked: good)" : "");
+                } else {
                         ChunkIndex *x = NULL;
-                        r = index_open_recovering(c->dir, cache_store(c), false, &x);
+                        r = index_open_recovering(c->dir, cache_store(c), false, true, &x);
                         if (!x) {
                                 pthread_mutex_unlock(&c->index_lock);
                                 return (void) log_warning_errno(r, "Failed to rebuild the chunk index: %m");
@@ -799,6 +974,7 @@ static void health_check(Cache *c, bool timed) {
                                 return;
                         }
                 }
+                atomic_store(&c->index_check, false);
                 atomic_store(&c->index_rebuild, false);
         }
         pthread_mutex_unlock(&c->index_lock);
@@ -810,10 +986,31 @@ static void health_check(Cache *c, bool timed) {
         stored_bytes_refresh(c);
 }
 
+/* After a reopen for an error: the file is probed in a child (LMDB trusts its pages); a damaged one
+ * goes to the rebuild of the health check. */
+static void index_check(Cache *c) {
+        _cleanup_free_ char *path = NULL;
+
+        if (!atomic_load(&c->index_check) || atomic_load(&c->index_rebuild))
+                return;
+        if (asprintf(&path, "%s/%s", c->dir, CHUNK_INDEX_FILE) < 0)
+                return;
+        int r = chunk_index_probe(path);
+        atomic_store(&c->index_check, false);
+        if (r == -EBADMSG)
+                cache_disk_failed(c, r);
+        else if (r < 0)
+                log_debug_errno(r, "Could not check the reopened chunk index %s: %m", path);
+        else
+                log_info("Chunk index %s checked after its reopen: good", path);
+}
+
 static void maintenance_pass(Cache *c, bool timed) {
+        index_check(c);
         flush_touches(c);
         disk_check(c);
         budget_check(c);
+        watermark_check(c);
         health_check(c, timed);
 }
 
@@ -871,6 +1068,7 @@ static void cache_free(Cache *c) {
         free(c->retired);
         chunk_store_free(c->store);
         free(c->touched);
+        free(c->touched_at);
         for (size_t i = 0; i < c->n_pins_missing; i++)
                 free(c->pins_missing[i]);
         free(c->pins_missing);
@@ -952,12 +1150,14 @@ int cache_open(const CacheOptions *opts, OriginSet *origins, cache_state_fn stat
                         passthrough_set_reason(c, reason_from_errno(r) ?: CACHE_PASSTHROUGH_IO_ERROR, r, "opening the chunk store");
                 else {
                         r = chunk_store_probe(c->store);
+                        if (r == -EACCES || r == -EPERM || r >= 0)
+                                store_check_writable(c, r);
                         if (r < 0)
                                 passthrough_set_reason(c, reason_from_errno(r) ?: CACHE_PASSTHROUGH_IO_ERROR, r, "probing the cache disk");
                 }
 
                 ChunkIndex *x = NULL;
-                r = index_open_recovering(c->dir, c->store, opts->unclean_start, &x);
+                r = index_open_recovering(c->dir, c->store, opts->unclean_start, false, &x);
                 c->index = x;
                 if (r < 0)
                         passthrough_set_reason(c, reason_from_errno(r) ?: CACHE_PASSTHROUGH_IO_ERROR, r, "opening the chunk index");
@@ -998,6 +1198,58 @@ int cache_open(const CacheOptions *opts, OriginSet *origins, cache_state_fn stat
         }
         *ret = c;
         return 0;
+}
+
+/* ---- the clean-stop marker ---- */
+
+int cache_clean_marker_write(const char *dir, const char *marker) {
+        _cleanup_free_ char *index = NULL;
+        struct stat st;
+
+        if (!dir || !marker)
+                return -EINVAL;
+        if (asprintf(&index, "%s/%s", dir, CHUNK_INDEX_FILE) < 0)
+                return -ENOMEM;
+        if (stat(index, &st) < 0)
+                return log_debug_errno(errno, "No clean-stop marker: cannot stat %s: %m", index);
+        _cleanup_close_ int fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0)
+                return log_debug_errno(errno, "Failed to write %s: %m", marker);
+        if (dprintf(fd, "%llu %llu %lld %lld %ld\n", (unsigned long long) st.st_dev, (unsigned long long) st.st_ino,
+                    (long long) st.st_size, (long long) st.st_mtim.tv_sec, st.st_mtim.tv_nsec) < 0 ||
+            fsync(fd) < 0) {
+                int r = -errno;
+                (void) unlink(marker);
+                return log_debug_errno(r, "Failed to write %s: %m", marker);
+        }
+        return 0;
+}
+
+bool cache_clean_marker_consume(const char *dir, const char *marker) {
+        _cleanup_free_ char *index = NULL;
+        unsigned long long dev, ino;
+        long long size, sec;
+        long nsec;
+        struct stat st;
+        bool clean = false;
+
+        if (!dir || !marker)
+                return false;
+        FILE *f = fopen(marker, "re");
+        if (!f)
+                return false;
+        clean = fscanf(f, "%llu %llu %lld %lld %ld", &dev, &ino, &size, &sec, &nsec) == 5 &&
+                asprintf(&index, "%s/%s", dir, CHUNK_INDEX_FILE) >= 0 && stat(index, &st) == 0 &&
+                st.st_dev == dev && st.st_ino == ino && st.st_size == size &&
+                st.st_mtim.tv_sec == sec && st.st_mtim.tv_nsec == nsec;
+        fclose(f);
+        if (unlink(marker) < 0 && errno != ENOENT) {
+                log_debug_errno(errno, "Failed to remove %s: %m", marker);
+                clean = false;  /* it would vouch for the file again next time */
+        }
+        if (!clean && index)
+                log_info("Chunk index %s changed since the last clean stop: probing it", index);
+        return clean;
 }
 
 /* ---- passthrough and stats ---- */

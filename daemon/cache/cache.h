@@ -126,5 +126,13 @@ typedef struct CacheVerifyResult {
 } CacheVerifyResult;
 int cache_verify(Cache *c, bool repair, CacheVerifyResult *ret);
 
+/* The clean-stop marker, kept by the cache's owner at a path of its choosing outside dir. After
+ * cache_close(), write records the identity of dir/index.mdb as the close left it (device, inode,
+ * size, mtime). At the next start, consume returns true only when the marker is there and the index
+ * is still exactly that file, and removes the marker either way (so a crash from then on is seen):
+ * garbage written over a cleanly closed index changes its mtime, and the open probes it then. */
+int cache_clean_marker_write(const char *dir, const char *marker);
+bool cache_clean_marker_consume(const char *dir, const char *marker);
+
 /* The version key of a file (see above), newly allocated. */
 char *cache_version_key(const TreeNode *file);

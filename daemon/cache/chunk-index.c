@@ -942,8 +942,8 @@ int chunk_index_chunk_get(ChunkIndex *x, const ChunkId *id, ChunkInfo *ret) {
 
 typedef struct Touch {
         const ChunkId *ids;
+        const uint64_t *times;
         size_t n;
-        uint64_t now;
 } Touch;
 
 static int touch_fn(Wtx *w, void *userdata) {
@@ -957,10 +957,11 @@ static int touch_fn(Wtx *w, void *userdata) {
                 r = chunk_load_w(w, &t->ids[i], &old, &found);
                 if (r < 0)
                         return r;
-                if (!found || !old.stored || old.last_access == t->now)
+                /* Never backwards: a batch may carry an access older than a later store or touch. */
+                if (!found || !old.stored || old.last_access >= t->times[i])
                         continue;
                 nw = old;
-                nw.last_access = t->now;
+                nw.last_access = t->times[i];
                 r = chunk_store_rec(w, &t->ids[i], &old, &nw);
                 if (r < 0)
                         return r;
@@ -968,12 +969,12 @@ static int touch_fn(Wtx *w, void *userdata) {
         return 0;
 }
 
-int chunk_index_touch(ChunkIndex *x, const ChunkId *ids, size_t n, uint64_t now_usec) {
-        if (!x || (n > 0 && !ids))
+int chunk_index_touch(ChunkIndex *x, const ChunkId *ids, const uint64_t *times_usec, size_t n) {
+        if (!x || (n > 0 && (!ids || !times_usec)))
                 return -EINVAL;
         if (n == 0)
                 return 0;
-        return index_write(x, touch_fn, &(Touch) { .ids = ids, .n = n, .now = now_usec });
+        return index_write(x, touch_fn, &(Touch) { .ids = ids, .times = times_usec, .n = n });
 }
 
 typedef struct Oldest {

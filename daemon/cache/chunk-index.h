@@ -85,9 +85,10 @@ int chunk_index_chunk_get(ChunkIndex *x, const ChunkId *id, ChunkInfo *ret);   /
 /* Forgets a stored chunk (its file is gone or about to be): the totals drop by its size. Versions
  * keep naming it. -ENOENT when not stored. */
 int chunk_index_chunk_remove(ChunkIndex *x, const ChunkId *id);
-/* Sets the last access of chunks, in one transaction (the cache batches reads' touches). Unknown ids
- * are ignored. */
-int chunk_index_touch(ChunkIndex *x, const ChunkId *ids, size_t n, uint64_t now_usec);
+/* Sets the last access of chunks to times_usec[i] (each access's own time), in one transaction (the
+ * cache batches reads' touches). A time not later than the one recorded leaves the chunk as it is;
+ * unknown ids are ignored. */
+int chunk_index_touch(ChunkIndex *x, const ChunkId *ids, const uint64_t *times_usec, size_t n);
 /* Up to max unpinned stored chunks, least recently used first, into ret (caller's array). */
 int chunk_index_oldest_unpinned(ChunkIndex *x, ChunkRef *ret, size_t max, size_t *ret_n);
 

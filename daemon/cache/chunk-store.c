@@ -648,8 +648,8 @@ int chunk_store_walk(ChunkStore *s, chunk_store_walk_fn fn, void *userdata, uint
         return r;
 }
 
-int chunk_store_disk_usage(ChunkStore *s, double *ret_percent) {
-        if (!s || !ret_percent)
+int chunk_store_disk_space(ChunkStore *s, uint64_t *ret_used, uint64_t *ret_total) {
+        if (!s || !ret_used || !ret_total)
                 return -EINVAL;
 
         struct statvfs sv;
@@ -658,7 +658,19 @@ int chunk_store_disk_usage(ChunkStore *s, double *ret_percent) {
 
         /* As df: the blocks reserved for root count neither as used nor as available. */
         uint64_t used = (uint64_t) sv.f_blocks - sv.f_bfree;
-        uint64_t total = used + sv.f_bavail;
+        *ret_used = used * sv.f_frsize;
+        *ret_total = (used + sv.f_bavail) * sv.f_frsize;
+        return 0;
+}
+
+int chunk_store_disk_usage(ChunkStore *s, double *ret_percent) {
+        uint64_t used, total;
+
+        if (!s || !ret_percent)
+                return -EINVAL;
+        int r = chunk_store_disk_space(s, &used, &total);
+        if (r < 0)
+                return r;
         double p = total > 0 ? 100.0 * (double) used / (double) total : 0.0;
         *ret_percent = p < 0.0 ? 0.0 : p > 100.0 ? 100.0 : p;
         return 0;

@@ -52,6 +52,8 @@ int chunk_store_walk(ChunkStore *s, chunk_store_walk_fn fn, void *userdata, uint
 
 /* The cache disk's fill level in percent (0..100, from statvfs: used / total, as df shows it). */
 int chunk_store_disk_usage(ChunkStore *s, double *ret_percent);
+/* The same in bytes: used, and used + available (the total the percentage is of). */
+int chunk_store_disk_space(ChunkStore *s, uint64_t *ret_used, uint64_t *ret_total);
 /* The health probe of D11: writes, fsyncs, reads back and deletes a small test file in the store.
  * 0 when the disk works; the first error otherwise (-EROFS, -ENOSPC, -EIO, -EACCES). */
 int chunk_store_probe(ChunkStore *s);

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """What the resilience suite needs on top of tests/lib/harness.py: failpoints over D-Bus, readers in
 threads that can be left blocked in the kernel, arrival times of sd_notify messages, waiting for the
-end of a scan, libraries shared by the tests of one process, and a daemon under a file-descriptor
-limit. The daemon is driven only through D-Bus and signals; its log and its notify messages are read,
-never written."""
+end of a scan, libraries shared by the tests of one process, a daemon under a file-descriptor
+limit, and the chunk cache: its figures over the bus, its files on disk, libraries of noise that
+never dedup, and a daemon without CAP_DAC_OVERRIDE (so file modes bind it). The daemon is driven
+only through D-Bus and signals; its log and its notify messages are read, never written."""
 
 import atexit
 import errno
@@ -450,10 +451,6 @@ def noise_library(testcase, sizes, seed=1, prefix='noise'):
     return d, files
 
 
-def cache_dir_of(d):
-    return d.cache_dir
-
-
 def chunks_dir(d):
     return os.path.join(d.cache_dir, 'cache', 'chunks')
 
@@ -540,7 +537,7 @@ def wait_cached(testcase, d, files, names=None, timeout=120.0):
                 before['misses'], after['misses'], d.describe()))
 
 
-def assert_consistent(testcase, d, expect_chunks=None):
+def assert_consistent(testcase, d):
     """The index and the store agree: VerifyCache finds nothing wrong, the byte and chunk totals are
     those of the chunk files on disk, every chunk file hashes to its name, no temporary is left; the
     cache is in use (no passthrough) and the daemon ready."""
@@ -556,8 +553,6 @@ def assert_consistent(testcase, d, expect_chunks=None):
     testcase.assertEqual((s['passthrough'], s['passthrough-reason']), (False, 'none'), s)
     testcase.assertEqual(str(d.bus_get('State')), 'ready')
     testcase.assertTrue(d.running())
-    if expect_chunks is not None:
-        testcase.assertEqual(len(on_disk), expect_chunks)
     return s
 
 

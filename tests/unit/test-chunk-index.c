@@ -266,14 +266,26 @@ static void test_lru_touch(void **state) {
         assert_oldest(f->x, (ChunkRef[]) { c[0], c[1], c[2] }, 3);
 
         ChunkId ids[2] = { c[0].id, unknown.id };
-        assert_int_equal(chunk_index_touch(f->x, ids, 2, 400), 0);
+        assert_int_equal(chunk_index_touch(f->x, ids, (uint64_t[]) { 400, 400 }, 2), 0);
         assert_int_equal(chunk_info(f->x, &c[0]).last_access_usec, 400);
         assert_int_equal(chunk_index_chunk_get(f->x, &unknown.id, NULL), -ENOENT);
         assert_oldest(f->x, (ChunkRef[]) { c[1], c[2], c[0] }, 3);
 
         /* Touching with the same time twice leaves one lru entry. */
-        assert_int_equal(chunk_index_touch(f->x, &c[1].id, 1, 500), 0);
-        assert_int_equal(chunk_index_touch(f->x, &c[1].id, 1, 500), 0);
+        assert_int_equal(chunk_index_touch(f->x, &c[1].id, (uint64_t[]) { 500 }, 1), 0);
+        assert_int_equal(chunk_index_touch(f->x, &c[1].id, (uint64_t[]) { 500 }, 1), 0);
+        assert_oldest(f->x, (ChunkRef[]) { c[2], c[0], c[1] }, 3);
+
+        /* Each access keeps its own time within one batch, and a time older than the recorded one
+         * (c[1] at 500) does not move a chunk back. */
+        ChunkId batch[3] = { c[0].id, c[2].id, c[1].id };
+        assert_int_equal(chunk_index_touch(f->x, batch, (uint64_t[]) { 700, 600, 450 }, 3), 0);
+        assert_int_equal(chunk_info(f->x, &c[0]).last_access_usec, 700);
+        assert_int_equal(chunk_info(f->x, &c[2]).last_access_usec, 600);
+        assert_int_equal(chunk_info(f->x, &c[1]).last_access_usec, 500);
+        assert_oldest(f->x, (ChunkRef[]) { c[1], c[2], c[0] }, 3);
+        /* Back to the order the rest of this test expects. */
+        assert_int_equal(chunk_index_touch(f->x, batch, (uint64_t[]) { 900, 800, 1000 }, 3), 0);
         assert_oldest(f->x, (ChunkRef[]) { c[2], c[0], c[1] }, 3);
 
         assert_int_equal(chunk_index_oldest_unpinned(f->x, got, 2, &n), 0);
@@ -833,7 +845,7 @@ static void test_bad_records(void **state) {
         assert_int_equal(chunk_info(f->x, &c[1]).size, c[1].size);
         /* Writes that meet a bad record fail cleanly. */
         assert_int_equal(chunk_index_version_put(f->x, "v1:v", 0, NULL, 0), -EBADMSG);
-        assert_int_equal(chunk_index_touch(f->x, &c[0].id, 1, 5), -EBADMSG);
+        assert_int_equal(chunk_index_touch(f->x, &c[0].id, (uint64_t[]) { 5 }, 1), -EBADMSG);
 }
 
 /* ---- stale readers ---- */
@@ -964,7 +976,7 @@ static void test_commit_failpoint(void **state) {
         assert_int_equal(chunk_index_version_put(f->x, "v1:v", refs_size(c, 2), c, 2), -EIO);
         assert_int_equal(chunk_index_version_put(f->x, "v1:w", refs_size(c, 2), c, 2), -EIO);
         assert_int_equal(chunk_index_chunks_add(f->x, c + 1, 1, 200), -EIO);
-        assert_int_equal(chunk_index_touch(f->x, &c[0].id, 1, 300), -EIO);
+        assert_int_equal(chunk_index_touch(f->x, &c[0].id, (uint64_t[]) { 300 }, 1), -EIO);
         assert_int_equal(chunk_index_pin_put(f->x, "A", keys, 1), -EIO);
         assert_int_equal(chunk_index_chunk_remove(f->x, &c[0].id), -EIO);
         assert_int_equal(chunk_index_version_drop(f->x, "v1:v"), -EIO);
