@@ -35,6 +35,10 @@
 /* A read this close to where the last one ended is still sequential: the kernel's read-ahead sends
  * several reads at once, and they arrive out of order. */
 #define SEQ_WINDOW (512u * 1024u)
+/* How far ahead of a reader of a cached file its chunk files are prefetched: a chunk file is small,
+ * so the kernel's own read-ahead never crosses into the next one. */
+#define PREFETCH_AHEAD (4u * 1024u * 1024u)
+#define PREFETCH_MAX_CHUNKS 64u
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(ReplicaReader *, replica_reader_close);
 
@@ -103,9 +107,11 @@ struct CacheReader {
         FillJob *job;                   /* the fill behind this reader (a reference) */
         bool fill_queued;               /* queued once per reader; a failed fill is queued by a later one */
         bool fill_done;
+        atomic_bool refill_queued;      /* a recorded version lost chunks (evicted): one fill stores them again */
         atomic_bool origin_failed;
         /* Sequential reading and album read-ahead. */
         uint64_t n_reads, last_end, seq_end;
+        uint64_t prefetched_end;        /* chunk files up to here were handed to the kernel's read-ahead */
         bool ra_started;
         FillJob **ra_jobs;
         size_t n_ra;
@@ -1005,9 +1011,20 @@ static int reader_origin_read(CacheReader *r, void *buf, size_t size, uint64_t o
         return 0;
 }
 
+/* A recorded version whose chunks were evicted or cleared: one fill of the whole file stores the
+ * missing ones again in batches (it skips what is stored), rather than one durable write per chunk
+ * behind every read. */
+static void reader_queue_refill(CacheReader *r) {
+        if (atomic_exchange(&r->refill_queued, true) || !cache_writes_allowed(r->cache))
+                return;
+        int k = cache_fill_queue(r->cache, &r->spec, CACHE_FILL_READER);
+        if (k < 0)
+                log_debug_errno(k, "Cannot queue the refill of %s: %m", r->spec.path);
+}
+
 /* Copies [from, from + len) of one chunk at chunk_offset of the file into dst: from the reader's
  * slots, else from the store (verified), else fetched again from the origins and checked against its
- * name, then stored back. -ESTALE when the origin's bytes are not that chunk (the file changed under
+ * name, then stored back (a bad chunk at once; missing ones by a refill of the file). -ESTALE when the origin's bytes are not that chunk (the file changed under
  * the same size and mtime); the origin's error when neither has it. */
 static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk_offset, size_t from, size_t len,
                              uint8_t *dst, bool *ret_origin) {
@@ -1068,7 +1085,10 @@ static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk
                         memcpy(dst, data + from, len);
                         return -ESTALE;
                 }
-                (void) chunk_store_back(c, ref, data, r->spec.path);
+                if (n == -ENOENT)
+                        reader_queue_refill(r);
+                else
+                        (void) chunk_store_back(c, ref, data, r->spec.path);
         }
 
         memcpy(dst, data + from, len);
@@ -1155,6 +1175,26 @@ static void reader_drop_version(CacheReader *r, uint64_t gen) {
                 disk_error(c, k, "dropping a version", r->spec.path);
 }
 
+/* The chunks of the recorded version between what was prefetched and PREFETCH_AHEAD past end, into
+ * ids (PREFETCH_MAX_CHUNKS at most); a reader that jumps elsewhere starts a new window. Under r->lock. */
+static size_t reader_prefetch_pick_locked(CacheReader *r, uint64_t end, ChunkId *ids) {
+        uint64_t from = r->prefetched_end;
+        size_t n = 0;
+
+        if (from < end || from > end + PREFETCH_AHEAD)
+                from = end;
+        if (from >= end + PREFETCH_AHEAD / 2 || r->n_chunks == 0)
+                return 0;       /* far enough ahead still: advise in strides, not per read */
+        for (size_t i = chunk_find(r->offsets, r->n_chunks, from); i < r->n_chunks && n < PREFETCH_MAX_CHUNKS; i++) {
+                if (r->offsets[i] >= end + PREFETCH_AHEAD)
+                        break;
+                ids[n++] = r->chunks[i].id;
+                from = r->offsets[i] + r->chunks[i].size;
+        }
+        r->prefetched_end = from;
+        return n;
+}
+
 /* Serves the request from the cache when it can: 0 (all of it), -EAGAIN when the cache does not
  * hold the range (the caller reads the origin), -ESTALE when the version was stale and is dropped,
  * another negative errno when a chunk could be neither read nor fetched again. */
@@ -1164,6 +1204,8 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
         _cleanup_(chunk_range_done) ChunkRange range = {};
         uint64_t gen = 0;
         bool from_version = false;
+        ChunkId prefetch[PREFETCH_MAX_CHUNKS];
+        size_t n_prefetch = 0;
         int k = -EAGAIN;
 
         pthread_mutex_lock(&r->lock);
@@ -1186,6 +1228,7 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
                 k = chunk_range_copy(r->chunks, r->offsets, r->n_chunks, offset, size, &range);
                 gen = r->gen;
                 from_version = true;
+                n_prefetch = reader_prefetch_pick_locked(r, offset + size, prefetch);
         } else if (r->job && f) {
                 pthread_mutex_lock(&f->lock);
                 if (offset + size <= r->job->covered)
@@ -1196,6 +1239,9 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
         if (k < 0)
                 return k;
 
+        ChunkStore *store = read_store(c);
+        for (size_t i = 0; store && i < n_prefetch; i++)
+                (void) chunk_store_prefetch(store, &prefetch[i]);
         k = reader_serve_range(r, &range, buf, size, offset, ret_origin);
         if (k == -ESTALE && from_version)
                 reader_drop_version(r, gen);

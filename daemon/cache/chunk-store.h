@@ -44,6 +44,9 @@ ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t buf
 /* The size of the chunk file, without reading or verifying it; -ENOENT when absent. */
 int chunk_store_stat(ChunkStore *s, const ChunkId *id, uint64_t *ret_size);
 int chunk_store_remove(ChunkStore *s, const ChunkId *id);      /* -ENOENT when absent */
+/* Asks the kernel to start reading the chunk file (POSIX_FADV_WILLNEED), so that a sequential reader
+ * of a cached file does not wait for each small file in turn. Best effort; -ENOENT when absent. */
+int chunk_store_prefetch(ChunkStore *s, const ChunkId *id);
 
 /* Every chunk file (names that are not chunk ids, and temporaries, are skipped and counted in
  * *ret_foreign if not NULL). fn returning <0 stops the walk with that value. */
