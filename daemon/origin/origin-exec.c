@@ -362,7 +362,10 @@ static int job_new(const OriginCall *c, pthread_condattr_t *attr, OriginJob **re
 ssize_t origin_call(OriginCall *c, uint64_t deadline_usec) {
         Origin *o = c->origin;
 
-        if (o->ops->own_timeouts)
+        /* A remote origin keeps its own timeout: inline, unless the caller wants an answer sooner
+         * (the short try of an unhealthy origin), which only a worker can give. */
+        if (o->ops->own_timeouts &&
+            (deadline_usec == 0 || deadline_usec >= origin_now_usec() + (uint64_t) origin_timeout_ms(o) * 1000u))
                 return call_run(c);
         if (c->op == ORIGIN_OP_PREAD && origin_file_stuck(c->file))
                 return -ETIMEDOUT;      /* behind a read of the same file that hangs */

@@ -42,7 +42,8 @@ typedef struct OriginCall {
         OriginFile *opened;     /* open: the answer, base filled in */
 } OriginCall;
 
-/* Runs c with its failpoint, inline for an origin with own_timeouts, else on the origin's workers
+/* Runs c with its failpoint, inline for an origin with own_timeouts (unless deadline_usec comes
+ * before its own timeout would), else on the origin's workers
  * under the earlier of its timeout and deadline_usec (0 none): -ETIMEDOUT past it, the late answer
  * discarded; -EIO at once when all the workers the origin may have are stuck. */
 ssize_t origin_call(OriginCall *c, uint64_t deadline_usec);

@@ -17,6 +17,11 @@
  * kernel's own second try of the page (it retries a failed read once) fails at once rather than
  * costing another 5 s.
  *
+ * A remote origin (own_timeouts) retries inside its own operation timeout, so it gets one try here;
+ * a read of it that failed slowly makes the next reads of that handle fail at once for 2 s (the
+ * kernel retries a failed page once). A short deadline (the unhealthy try below) is enforced on it by
+ * origin.c's workers.
+ *
  * D11: replicas are tried healthy first, then in priority order: an origin the manager found
  * unhealthy (Origin.health) is left for last and gets one short try (no retries), so that reads
  * fail fast with EIO while offline instead of waiting out the timeouts of dead origins. A handle
@@ -49,6 +54,10 @@ typedef struct ReplicaHandle {
         Origin *origin;         /* a reference */
         size_t index;           /* into ReplicaReader.sources */
         atomic_uint n_ref;
+        /* A remote origin's read that just failed slowly (its own timeout ran out): until then, reads
+         * on this handle fail at once, so that the kernel's second try of the same page does not wait
+         * the whole timeout again. CLOCK_MONOTONIC µs; 0 none. */
+        _Atomic uint64_t slow_failure_until;
 } ReplicaHandle;
 
 struct ReplicaReader {
@@ -305,6 +314,21 @@ static void sleep_ms(unsigned ms) {
                 ;
 }
 
+/* A remote origin retries inside its own timeout (D10's 100 ms, 500 ms, 2 s): one try here, under
+ * that timeout, and a slow failure remembered for SLOW_FAILURE_USEC. */
+#define SLOW_FAILURE_USEC (2000u * 1000u)
+static ssize_t read_remote(ReplicaHandle *h, void *buf, size_t size, uint64_t offset) {
+        uint64_t start = origin_now_usec();
+
+        if (start < atomic_load(&h->slow_failure_until))
+                return -EIO;
+        ssize_t n = origin_pread_full_until(h->file, buf, size, offset, 0);
+        uint64_t end = origin_now_usec();
+        if (n < 0 && error_is_transient((int) n) && end - start >= SLOW_FAILURE_USEC / 2)
+                atomic_store(&h->slow_failure_until, end + SLOW_FAILURE_USEC);
+        return n;
+}
+
 /* One replica's answer, retried while the error is transient and its budget lasts. */
 static ssize_t read_with_retries(ReplicaReader *r, ReplicaHandle *h, void *buf, size_t size, uint64_t offset) {
         uint64_t deadline = origin_now_usec() + ((uint64_t) origin_timeout_ms(h->origin) + RETRY_BUDGET_MS) * 1000u;
@@ -314,6 +338,8 @@ static ssize_t read_with_retries(ReplicaReader *r, ReplicaHandle *h, void *buf, 
                 ssize_t n = origin_pread_full_until(h->file, buf, size, offset, origin_now_usec() + UNHEALTHY_TRY_USEC);
                 return n < 0 ? -EIO : n;
         }
+        if (h->origin->ops->own_timeouts)
+                return read_remote(h, buf, size, offset);
 
         ssize_t first = 0;      /* the first error wins, as across replicas */
         for (size_t retry = 0;; retry++) {

@@ -168,18 +168,23 @@ class _Connection:
                     part = piece[i:i + step]
                     if not self._send(dst, part):
                         return False
-                    self.sent[direction] += len(part)
+                    self._account(direction, len(part))
                     if not self._sleep(len(part) / (bw['rate'] * 1000.0)):
                         return False
             else:
                 if not self._send(dst, piece):
                     return False
-                self.sent[direction] += len(piece)
+                self._account(direction, len(piece))
 
         if last:
             self.close()
             return False
         return True
+
+    def _account(self, direction, n):
+        self.sent[direction] += n
+        with self.proxy._lock:
+            self.proxy.forwarded[direction] += n
 
     def _pump(self, direction):
         src, dst = self.sockets[direction]
@@ -258,6 +263,8 @@ class FaultProxy:
         self._stopping = threading.Event()
         self._thread = None
         self.accepted = 0               # connections accepted in all
+        self.peak = 0                   # the most connections open at once (reset_counters() resets)
+        self.forwarded = {d: 0 for d in DIRECTIONS}     # bytes passed on, per direction
 
     # ---------------------------------------------------------------------------- lifetime
 
@@ -303,6 +310,13 @@ class FaultProxy:
         with self._lock:
             return len(self._conns)
 
+    def reset_counters(self):
+        """Starts accepted, peak and forwarded afresh (peak from the connections open now)."""
+        with self._lock:
+            self.accepted = 0
+            self.peak = len(self._conns)
+            self.forwarded = {d: 0 for d in DIRECTIONS}
+
     def _forget(self, conn):
         with self._lock:
             self._conns.discard(conn)
@@ -338,6 +352,7 @@ class FaultProxy:
             conn = _Connection(self, client, server)
             with self._lock:
                 self._conns.add(conn)
+                self.peak = max(self.peak, len(self._conns))
             conn.start()
 
     # ---------------------------------------------------------------------------- faults
