@@ -2354,7 +2354,7 @@ static void manager_schedule_recheck(Manager *m, ManagedOrigin *mo) {
 }
 
 /* D11: a local origin is unhealthy after one failed check, a remote one after three; one success
- * heals. */
+ * heals. A DNS failure keeps it degraded (4.2.5). */
 static void manager_record_check(Manager *m, ManagedOrigin *mo, int r, uint64_t latency_usec, uint64_t when_usec) {
         OriginHealthState old = mo->health;
         unsigned threshold = strcmp(mo->origin->ops->kind, "local") == 0 ? 1 : 3;
@@ -2379,7 +2379,12 @@ static void manager_record_check(Manager *m, ManagedOrigin *mo, int r, uint64_t 
                         mo->last_error = TAKE_PTR(e);
                         changed[n++] = (char *) "LastError";
                 }
-                mo->health = mo->consecutive_failures >= threshold ? ORIGIN_UNHEALTHY : ORIGIN_DEGRADED;
+                /* 4.2.5: a name that does not resolve says more about the network or the resolver
+                 * than about the origin: degraded, rechecked sooner, never unhealthy for that alone. */
+                if (r == -EHOSTUNREACH)
+                        mo->health = ORIGIN_DEGRADED;
+                else
+                        mo->health = mo->consecutive_failures >= threshold ? ORIGIN_UNHEALTHY : ORIGIN_DEGRADED;
         } else {
                 if (mo->consecutive_failures > 0) {
                         mo->consecutive_failures = 0;
