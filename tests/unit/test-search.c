@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -486,6 +487,58 @@ static void test_index_follows_catalog(void **state) {
         assert_int_equal(catalog_search_check(f->catalog), 0);
 }
 
+/* 5.2: the index lives in the catalog's transactions (D5), so a crash can never leave it out of
+ * step. A child process commits track A, then dies in the middle of a batch that adds track B; the
+ * catalog opened again finds A, not B, and its index is sound. */
+static int child_commit_a_then_die(const char *db) {
+        Catalog *c = NULL;
+        CatalogBatch *b = NULL;
+        int64_t id = 0, gen = 0;
+
+        if (catalog_open(db, &c) < 0 || catalog_origin_ensure(c, "a", "file:///srv/a", 10, &id) < 0 ||
+            catalog_scan_begin(c, id, &gen) < 0)
+                return 2;
+        const char *titles[] = { "Committed Aria", "Uncommitted Ballad" };
+        for (size_t i = 0; i < 2; i++) {
+                CatalogFile cf = {
+                        .origin_id = id,
+                        .rel_path = (char *) (i == 0 ? "crash-a.flac" : "crash-b.flac"),
+                        .size = 1000,
+                        .mtime_ns = 1,
+                        .format = (char *) "flac",
+                        .parsed = true,
+                        .tags = { .artist = (char *) "Crash Test", .title = (char *) titles[i], .year = 2020 },
+                };
+                if (catalog_batch_begin(c, &b) < 0 || catalog_batch_upsert(b, &cf, gen) < 0)
+                        return 3;
+                if (i == 0 && catalog_batch_commit(b) < 0)
+                        return 4;
+        }
+        _exit(0);       /* dies with B's batch open: no commit, no close, no checkpoint */
+}
+
+static void test_crash_mid_batch(void **state) {
+        Fixture *f = *state;
+
+        catalog_close(f->catalog);
+        f->catalog = NULL;
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+                _exit(child_commit_a_then_die(f->db));
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+
+        assert_int_equal(catalog_open(f->db, &f->catalog), 0);
+        assert_int_equal(catalog_search_check(f->catalog), 0);
+        rebuild_tree(f);
+        expect(f, "crash", "Committed Aria");
+        expect(f, "ballad", "");
+        expect(f, "title:blue", "Blue Train|Blue in Green");
+}
+
 static void exec_sql(const char *db, const char *sql) {
         sqlite3 *h = NULL;
         char *err = NULL;
@@ -634,6 +687,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_corrupt_index_rebuilt_at_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_fills_index, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_close_after_search, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_crash_mid_batch, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
