@@ -2,7 +2,8 @@
 /* The S3 origin (issue #5): objects under a key prefix of one bucket, over libcurl. curl signs every
  * request itself (CURLOPT_AWS_SIGV4); listings and error bodies are parsed by libxml2.
  *
- * Requests: stat and open are a HEAD, pread a ranged GET, walk ListObjectsV2 pages (one flat listing
+ * Requests: stat is a HEAD, open sends nothing (the first read's ranged GET answers a missing object
+ * with 404 and tells the size in its Content-Range: one request per scanned file), pread a ranged GET, walk ListObjectsV2 pages (one flat listing
  * of the prefix: directories are implicit in the keys, so a delimiter would only cost one request per
  * directory), check a ListObjectsV2 of one key. Each operation takes a curl handle from a small pool,
  * which keeps connections alive between requests, and has one deadline (D10, 30 s by default) that
@@ -35,9 +36,13 @@
 #define S3_CONNECT_TIMEOUT_MS 5000
 #define S3_LOW_SPEED_LIMIT 1024         /* bytes/s below which a transfer counts as stalled ... */
 #define S3_LOW_SPEED_TIME 10            /* ... for this many seconds */
-#define S3_POOL_MAX 8                   /* idle handles kept per origin */
+#define S3_POOL_MAX 32                  /* idle handles (and their connections) kept: a scan has 16 reads in flight */
 #define S3_READAHEAD (256u * 1024)      /* the read-ahead window of a file */
 #define S3_ERROR_BODY_MAX (64u * 1024)
+#define S3_SIZE_UNKNOWN UINT64_MAX
+#ifndef MIN
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#endif
 #define S3_LIST_BODY_MAX (64u * 1024 * 1024)
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct curl_slist *, curl_slist_free_all);
@@ -64,8 +69,8 @@ typedef struct S3File {
         OriginFile base;
         char *url;
         char *rel_path;
-        uint64_t size;
-        pthread_mutex_t lock;   /* guards the window */
+        uint64_t size;          /* S3_SIZE_UNKNOWN until the first GET's answer tells it */
+        pthread_mutex_t lock;   /* guards size and the window */
         char *window;           /* S3_READAHEAD bytes, allocated on the first small read */
         uint64_t window_offset;
         size_t window_len;
@@ -176,6 +181,7 @@ typedef struct S3Request {
         uint64_t skip;                          /* a 200 to a ranged GET: bytes still to drop */
         bool whole_body;                        /* a 200 to a ranged GET came */
         bool sink_full;                         /* we stopped the transfer on purpose */
+        bool empty_object;                      /* a 206 of an empty object: we stopped it at its headers */
         Body body;                              /* listings and error bodies */
         char content_range[128];
         int64_t mtime_ns;
@@ -201,6 +207,12 @@ static size_t header_cb(char *data, size_t size, size_t n, void *userdata) {
                         vlen = sizeof rq->content_range - 1;
                 memcpy(rq->content_range, v, vlen);
                 rq->content_range[vlen] = '\0';
+                /* s3rver answers a range of an empty object "206, bytes 0-0/0, Content-Length: 1"
+                 * and then sends no byte: that would wait out the deadline. Nothing is to come. */
+                if (vlen >= 2 && strcmp(rq->content_range + vlen - 2, "/0") == 0) {
+                        rq->empty_object = true;
+                        return 0;
+                }
         }
         return len;
 }
@@ -309,6 +321,7 @@ static Outcome perform_once(S3Origin *s, CURL *h, S3Request *rq, int64_t deadlin
         rq->skip = 0;
         rq->whole_body = false;
         rq->sink_full = false;
+        rq->empty_object = false;
         rq->content_range[0] = '\0';
         free(rq->body.data);
         rq->body = (Body) { .max = rq->sink ? S3_ERROR_BODY_MAX : S3_LIST_BODY_MAX };
@@ -353,7 +366,7 @@ static Outcome perform_once(S3Origin *s, CURL *h, S3Request *rq, int64_t deadlin
         long code = 0;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
 
-        if (c == CURLE_WRITE_ERROR && rq->sink_full)
+        if (c == CURLE_WRITE_ERROR && (rq->sink_full || rq->empty_object))
                 c = CURLE_OK;
         switch (c) {
         case CURLE_OK:
@@ -508,7 +521,6 @@ static int s3_stat(Origin *o, const char *rel_path, OriginStat *ret) {
 
 static int s3_open(Origin *o, const char *rel_path, OriginFile **ret) {
         S3Origin *s = s3_origin(o);
-        OriginStat st;
         int r = origin_rel_path_check(rel_path);
         if (r < 0)
                 return r;
@@ -516,37 +528,43 @@ static int s3_open(Origin *o, const char *rel_path, OriginFile **ret) {
         _cleanup_free_ char *url = object_url(s, rel_path), *path = strdup(rel_path);
         if (!url || !path)
                 return -ENOMEM;
-        /* The HEAD tells a missing object at open, as a local open would, and the size bounds reads. */
-        r = s3_head(s, url, rel_path, &st);
-        if (r < 0)
-                return r;
-
+        /* No HEAD: a scan opens every file once and reads its head, and a second request per file
+         * halves what the server can serve. The first read's GET answers 404 (ENOENT) for a missing
+         * object and its Content-Range tells the size. */
         S3File *f = calloc(1, sizeof *f);
         if (!f)
                 return -ENOMEM;
         f->url = TAKE_PTR(url);
         f->rel_path = TAKE_PTR(path);
-        f->size = st.size;
+        f->size = S3_SIZE_UNKNOWN;
         pthread_mutex_init(&f->lock, NULL);
         *ret = &f->base;
         return 0;
 }
 
-/* "bytes A-B/TOTAL" must be what we asked for, of an object of the size we saw at open. */
+/* The object's size as an answer tells it, or S3_SIZE_UNKNOWN. */
+static void learn_size(S3File *f, uint64_t total) {
+        if (f->size == S3_SIZE_UNKNOWN && total != S3_SIZE_UNKNOWN)
+                f->size = total;
+}
+
+/* "bytes A-B/TOTAL" must be what we asked for, of an object of the size the first answer told. */
 static int check_content_range(S3Origin *s, S3File *f, const S3Request *rq) {
         uint64_t a, b, total;
         if (sscanf(rq->content_range, "bytes %" SCNu64 "-%" SCNu64 "/%" SCNu64, &a, &b, &total) != 3 ||
-            a != rq->range_start || b < a)
+            a != rq->range_start || b < a || b - a >= rq->range_len || b >= total)
                 return log_warning_errno(EIO, "S3 origin %s: GET %s: unexpected Content-Range '%s'", s->base.name,
                                          f->rel_path, rq->content_range);
+        learn_size(f, total);
         if (total != f->size)
                 return log_warning_errno(EIO, "S3 origin %s: %s changed size (%" PRIu64 " -> %" PRIu64 ") while open",
                                          s->base.name, f->rel_path, f->size, total);
         return 0;
 }
 
-/* Exactly len bytes at offset (the caller keeps them within the object) into buf. */
-static int s3_get_range(S3Origin *s, S3File *f, char *buf, uint64_t offset, size_t len) {
+/* Exactly len bytes at offset (the caller keeps them within the object) into buf; while the size is
+ * unknown (the file's first GET), up to len, fewer only at EOF. Returns the count. */
+static ssize_t s3_get_range(S3Origin *s, S3File *f, char *buf, uint64_t offset, size_t len) {
         _cleanup_(request_done) S3Request rq = {
                 .url = f->url,
                 .range_start = offset,
@@ -557,39 +575,73 @@ static int s3_get_range(S3Origin *s, S3File *f, char *buf, uint64_t offset, size
 
         log_debug("S3 origin %s: GET %s bytes %" PRIu64 "-%" PRIu64, s->base.name, f->rel_path, offset,
                   offset + len - 1);
+        bool sized = f->size != S3_SIZE_UNKNOWN;
         int r = s3_perform(s, &rq, f->rel_path);
         if (r < 0)
                 return r;
-        if (rq.status == 416)
+        if (rq.status == 416) {
+                if (!sized) {
+                        /* Past the end, or an empty object: "bytes *\/TOTAL" tells the size. */
+                        uint64_t total;
+                        if (sscanf(rq.content_range, "bytes */%" SCNu64, &total) == 1 && total <= offset)
+                                learn_size(f, total);
+                        return 0;
+                }
                 return log_warning_errno(EIO, "S3 origin %s: %s is shorter than it was at open", s->base.name,
                                          f->rel_path);
+        }
+        if (rq.status == 206 && rq.empty_object) {
+                learn_size(f, 0);
+                if (f->size != 0)
+                        return log_warning_errno(EIO, "S3 origin %s: %s changed size (%" PRIu64 " -> 0) while open",
+                                                 s->base.name, f->rel_path, f->size);
+                return 0;
+        }
         if (rq.status == 206) {
                 r = check_content_range(s, f, &rq);
                 if (r < 0)
                         return r;
+        } else if (!sized) {
+                /* A 200: the whole object (a server that ignores Range, or an empty object, which
+                 * has no range to send): its length is the size; with none, a body that ended
+                 * before filling the sink ended at EOF. */
+                if (rq.length >= 0)
+                        learn_size(f, (uint64_t) rq.length);
+                else if (!rq.sink_full)
+                        learn_size(f, offset + rq.sink_len);
+        }
+        if (!sized) {
+                if (f->size == S3_SIZE_UNKNOWN ? rq.sink_full || rq.sink_len == len :
+                    rq.sink_len == (offset >= f->size ? 0 : MIN((uint64_t) len, f->size - offset)))
+                        return (ssize_t) rq.sink_len;
+                return log_warning_errno(EIO, "S3 origin %s: GET %s: got %zu bytes at %" PRIu64 " of %" PRIu64,
+                                         s->base.name, f->rel_path, rq.sink_len, offset, f->size);
         }
         if (rq.sink_len != len)
                 return log_warning_errno(EIO, "S3 origin %s: GET %s: got %zu of %zu bytes at %" PRIu64,
                                          s->base.name, f->rel_path, rq.sink_len, len, offset);
-        return 0;
+        return (ssize_t) len;
 }
 
 static ssize_t s3_pread(OriginFile *file, void *buf, size_t size, uint64_t offset) {
         S3File *f = (S3File *) file;
         S3Origin *s = s3_origin(file->origin);
         size_t done = 0;
-        int r = 0;
+        ssize_t r = 0;
 
-        if (offset >= f->size || size == 0)
+        if (size == 0)
                 return 0;
-        if (size > f->size - offset)
-                size = (size_t) (f->size - offset);
 
         pthread_mutex_lock(&f->lock);
         while (done < size) {
                 uint64_t off = offset + done;
                 size_t want = size - done;
 
+                if (f->size != S3_SIZE_UNKNOWN) {
+                        if (off >= f->size)
+                                break;
+                        want = (size_t) MIN((uint64_t) want, f->size - off);
+                }
                 if (f->window && off >= f->window_offset && off < f->window_offset + f->window_len) {
                         size_t k = (size_t) (f->window_offset + f->window_len - off);
                         if (k > want)
@@ -603,7 +655,9 @@ static ssize_t s3_pread(OriginFile *file, void *buf, size_t size, uint64_t offse
                         r = s3_get_range(s, f, (char *) buf + done, off, want);
                         if (r < 0)
                                 break;
-                        done += want;
+                        done += (size_t) r;
+                        if ((size_t) r < want)
+                                break;  /* EOF, found by a file's first GET */
                         continue;
                 }
                 if (!f->window) {
@@ -614,17 +668,23 @@ static ssize_t s3_pread(OriginFile *file, void *buf, size_t size, uint64_t offse
                         }
                 }
                 /* Near the end the window ends at EOF: tag readers walk backwards from there (an
-                 * ID3v1 or APE footer, then the tag before it). */
+                 * ID3v1 or APE footer, then the tag before it). Before the size is known, the
+                 * window starts at the read. */
                 uint64_t start = off;
-                if (f->size - off < S3_READAHEAD)
-                        start = f->size > S3_READAHEAD ? f->size - S3_READAHEAD : 0;
-                size_t len = f->size - start < S3_READAHEAD ? (size_t) (f->size - start) : S3_READAHEAD;
+                size_t len = S3_READAHEAD;
+                if (f->size != S3_SIZE_UNKNOWN) {
+                        if (f->size - off < S3_READAHEAD)
+                                start = f->size > S3_READAHEAD ? f->size - S3_READAHEAD : 0;
+                        len = f->size - start < S3_READAHEAD ? (size_t) (f->size - start) : S3_READAHEAD;
+                }
                 f->window_len = 0;
                 r = s3_get_range(s, f, f->window, start, len);
                 if (r < 0)
                         break;
                 f->window_offset = start;
-                f->window_len = len;
+                f->window_len = (size_t) r;
+                if (r == 0)
+                        break;  /* at or past EOF */
         }
         pthread_mutex_unlock(&f->lock);
 

@@ -14,7 +14,10 @@
  *
  * Remote handles are cached per session, keyed by the OriginFile that opened them, so a file's reads
  * cost no extra open round trip, and sequential reads continue libssh2's pipelined read stream
- * (libssh2_sftp_read() keeps several SSH_FXP_READ requests in flight for a large buffer). */
+ * (libssh2_sftp_read() keeps several SSH_FXP_READ requests in flight for a large buffer). Round
+ * trips are what a scan over a slow link pays for, so: open sends OPEN and STAT together and leaves
+ * the handle in its session, which the first read then prefers; a CLOSE's answer is read on the
+ * session's next use instead of waited for; the walk lists several directories at once. */
 #include <errno.h>
 #include <inttypes.h>
 #include <fcntl.h>
@@ -42,6 +45,8 @@
 
 #define SFTP_POOL_MAX 64
 #define SFTP_HANDLE_SLOTS 8             /* open remote handles kept per session */
+#define SFTP_CLOSING_MAX 32             /* handles whose CLOSE is sent and its answer not yet read */
+#define SFTP_CONNECTING_MAX 8           /* sessions being set up at once: below sshd's MaxStartups (10 by default) */
 #define SFTP_READAHEAD (128 * 1024)     /* what a small read fetches: the tag parser's many small reads cost one */
 #define SFTP_STREAM_MIN (512 * 1024)    /* a read this large is a stream's (a fill reads 1 MiB at a time) */
 #define SFTP_STREAM_AHEAD (2 * 1024 * 1024)     /* kept in flight by a stream: OpenSSH sftp's 64 x 32 KiB */
@@ -91,6 +96,10 @@ typedef struct SftpSession {
         int wait_error;         /* why the last wait ended, a negative errno, 0 if it did not fail */
         usec_t idle_since;
         HandleSlot slots[SFTP_HANDLE_SLOTS];
+        /* CLOSEs sent whose answers are read on the session's next use: a close costs no round
+         * trip of its own (libssh2 finishes a close called again once its answer is there). */
+        LIBSSH2_SFTP_HANDLE *closing[SFTP_CLOSING_MAX];
+        unsigned n_closing;
 } SftpSession;
 
 typedef struct SftpOrigin {
@@ -105,6 +114,7 @@ typedef struct SftpOrigin {
         SftpSession *idle[SFTP_POOL_MAX];
         unsigned n_idle;
         unsigned n_sessions;    /* idle, borrowed, or being connected */
+        unsigned n_connecting;  /* being connected: at most SFTP_CONNECTING_MAX */
 } SftpOrigin;
 
 typedef struct SftpFile {
@@ -244,6 +254,8 @@ static void session_free(SftpSession *s) {
                                 libssh2_sftp_close_handle(s->slots[i].handle);
                         file_key_unref(s->slots[i].key);
                 }
+                for (unsigned i = 0; i < s->n_closing && !s->broken; i++)
+                        libssh2_sftp_close_handle(s->closing[i]);
                 if (s->sftp)
                         libssh2_sftp_shutdown(s->sftp);
                 if (!s->broken)
@@ -528,10 +540,19 @@ fail:
 
 /* ---- the pool ---------------------------------------------------------------------------------- */
 
-/* An idle session, or a new one while fewer than pool_size exist; otherwise waits for one. */
-static int pool_borrow(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
+static bool session_has_handle(const SftpSession *s, const FileKey *k) {
+        for (size_t i = 0; i < SFTP_HANDLE_SLOTS; i++)
+                if (s->slots[i].key == k)
+                        return true;
+        return false;
+}
+
+/* An idle session (one that holds want's handle if there is such), or a new one while fewer than
+ * pool_size exist and fewer than SFTP_CONNECTING_MAX are being set up (sessions are made as they
+ * are needed, never a burst of handshakes that sshd's MaxStartups would drop); otherwise waits. */
+static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline, SftpSession **ret) {
         pthread_mutex_lock(&so->lock);
-        while (so->n_idle == 0 && so->n_sessions >= so->pool_size) {
+        while (so->n_idle == 0 && (so->n_sessions >= so->pool_size || so->n_connecting >= SFTP_CONNECTING_MAX)) {
                 struct timespec ts;
                 usec_t n = now_usec();
                 if (n >= deadline) {
@@ -549,8 +570,16 @@ static int pool_borrow(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
                 pthread_cond_timedwait(&so->cond, &so->lock, &ts);
         }
         if (so->n_idle > 0) {
-                /* The most recently used: the likeliest to be alive and to hold a wanted handle. */
-                SftpSession *s = so->idle[--so->n_idle];
+                /* The one that holds the file's handle (its OPEN is done), else the most recently
+                 * used: the likeliest to be alive. */
+                unsigned pick = so->n_idle - 1;
+                for (unsigned i = 0; want && i < so->n_idle; i++)
+                        if (session_has_handle(so->idle[i], want)) {
+                                pick = i;
+                                break;
+                        }
+                SftpSession *s = so->idle[pick];
+                so->idle[pick] = so->idle[--so->n_idle];
                 pthread_mutex_unlock(&so->lock);
 
                 if (now_usec() - s->idle_since <= 2 * (usec_t) so->keepalive_sec * USEC_PER_SEC) {
@@ -569,19 +598,25 @@ static int pool_borrow(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
                  * connection would wait out its whole deadline. A new one takes its place. */
                 s->broken = true;
                 session_free(s);
-        } else {
+                pthread_mutex_lock(&so->lock);
+        } else
                 so->n_sessions++;
-                pthread_mutex_unlock(&so->lock);
-        }
+        so->n_connecting++;
+        pthread_mutex_unlock(&so->lock);
 
         int r = session_new(so, deadline, ret);
-        if (r < 0) {
-                pthread_mutex_lock(&so->lock);
+        pthread_mutex_lock(&so->lock);
+        so->n_connecting--;
+        if (r < 0)
                 so->n_sessions--;
-                pthread_cond_signal(&so->cond);
-                pthread_mutex_unlock(&so->lock);
-        }
+        /* Whoever waits for a connect slot or a session slot may go on. */
+        pthread_cond_broadcast(&so->cond);
+        pthread_mutex_unlock(&so->lock);
         return r < 0 ? r : 0;
+}
+
+static int pool_borrow(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
+        return pool_borrow_for(so, NULL, deadline, ret);
 }
 
 static void pool_return(SftpOrigin *so, SftpSession *s) {
@@ -618,8 +653,8 @@ typedef ssize_t (*sftp_op_fn)(SftpOrigin *so, SftpSession *s, void *arg, usec_t 
  * a connection error drops the session and tries again on a new one after 100 ms, 500 ms, 2 s;
  * then, or when the deadline passes, -EIO. A failure on a reused session is retried at once the
  * first time: a server that closed an idle connection is not an outage. */
-static ssize_t sftp_run(SftpOrigin *so, const char *what, const char *path, unsigned timeout_sec, sftp_op_fn op,
-                        void *arg) {
+static ssize_t sftp_run_for(SftpOrigin *so, const FileKey *want, const char *what, const char *path,
+                            unsigned timeout_sec, sftp_op_fn op, void *arg) {
         static const unsigned backoff_ms[] = { 100, 500, 2000 };
         usec_t deadline = now_usec() + (usec_t) timeout_sec * USEC_PER_SEC;
         bool free_retry = true;
@@ -627,7 +662,7 @@ static ssize_t sftp_run(SftpOrigin *so, const char *what, const char *path, unsi
 
         for (unsigned attempt = 0;;) {
                 SftpSession *s = NULL;
-                int b = pool_borrow(so, deadline, &s);
+                int b = pool_borrow_for(so, want, deadline, &s);
                 bool reused = b > 0;
                 if (b < 0)
                         r = b;
@@ -658,6 +693,47 @@ static ssize_t sftp_run(SftpOrigin *so, const char *what, const char *path, unsi
                         ;
                 attempt++;
         }
+}
+
+static ssize_t sftp_run(SftpOrigin *so, const char *what, const char *path, unsigned timeout_sec, sftp_op_fn op,
+                        void *arg) {
+        return sftp_run_for(so, NULL, what, path, timeout_sec, op, arg);
+}
+
+/* ---- closing handles without waiting -------------------------------------------------------------- */
+
+/* Sends the CLOSE and leaves its answer to the session's next use. libssh2 keeps a close's state in
+ * its handle: called again, it reads the answer (queued meanwhile, whatever else ran) and frees the
+ * handle. Only a CLOSE that is wholly sent is left pending: a half-written packet would make the
+ * next request fail (libssh2 must finish one packet before it starts another), so that one is
+ * waited for, as is one past SFTP_CLOSING_MAX. */
+static void session_close_handle(SftpSession *s, LIBSSH2_SFTP_HANDLE *handle, usec_t deadline) {
+        int rc = libssh2_sftp_close_handle(handle);
+        if (rc == LIBSSH2_ERROR_EAGAIN && s->n_closing < SFTP_CLOSING_MAX &&
+            !(libssh2_session_block_directions(s->ssh) & LIBSSH2_SESSION_BLOCK_OUTBOUND)) {
+                s->closing[s->n_closing++] = handle;
+                return;
+        }
+        if (rc == LIBSSH2_ERROR_EAGAIN)
+                SSH_CALL(s, deadline, rc, libssh2_sftp_close_handle(handle));
+        if (rc != 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
+                (void) session_error(s, rc, "close");
+}
+
+/* Finishes the pending CLOSEs whose answers are there, without waiting for the others. */
+static void session_reap_closes(SftpSession *s) {
+        unsigned j = 0;
+        for (unsigned i = 0; i < s->n_closing; i++) {
+                if (s->broken)
+                        break;
+                int rc = libssh2_sftp_close_handle(s->closing[i]);
+                if (rc == LIBSSH2_ERROR_EAGAIN)
+                        s->closing[j++] = s->closing[i];
+                else if (rc != 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
+                        (void) session_error(s, rc, "close");
+        }
+        if (!s->broken)
+                s->n_closing = j;
 }
 
 /* ---- operations --------------------------------------------------------------------------------- */
@@ -722,6 +798,94 @@ static int sftp_stat(Origin *o, const char *rel_path, OriginStat *ret) {
         return 0;
 }
 
+static void session_sweep(SftpSession *s, usec_t deadline);
+static int session_free_slot_ok(SftpSession *s, usec_t deadline, HandleSlot **ret);
+
+typedef struct OpenArg {
+        FileKey *key;
+        LIBSSH2_SFTP_ATTRIBUTES attrs;
+} OpenArg;
+
+/* OPEN and STAT sent together, one round trip for both: the STAT tells what open() must (that it is
+ * there and a regular file) and the size, and the handle stays in the session for the first read,
+ * which borrows this session when it is idle (pool_borrow_for()). libssh2 keeps an open's and a
+ * stat's state apart (sftp->open_state, sftp->stat_state), so both can be under way; a request is
+ * only started once the one before is wholly sent. */
+static ssize_t op_open(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadline) {
+        OpenArg *a = arg;
+        const char *path = a->key->path;
+        LIBSSH2_SFTP_HANDLE *handle = NULL;
+        bool open_done = false, stat_done = false;
+        int open_rc = 0, stat_rc = LIBSSH2_ERROR_EAGAIN, r;
+        unsigned long open_status = 0, stat_status = 0;
+        (void) so;
+
+        session_sweep(s, deadline);
+        if (s->broken)
+                return -ECONNRESET;
+        s->wait_error = 0;
+        for (;;) {
+                if (!open_done) {
+                        handle = libssh2_sftp_open_ex(s->sftp, path, (unsigned) strlen(path), LIBSSH2_FXF_READ, 0,
+                                                      LIBSSH2_SFTP_OPENFILE);
+                        open_rc = handle ? 0 : libssh2_session_last_errno(s->ssh);
+                        if (open_rc != LIBSSH2_ERROR_EAGAIN) {
+                                open_done = true;
+                                if (open_rc == LIBSSH2_ERROR_SFTP_PROTOCOL)
+                                        open_status = libssh2_sftp_last_error(s->sftp);
+                        } else if (libssh2_session_block_directions(s->ssh) & LIBSSH2_SESSION_BLOCK_OUTBOUND)
+                                goto wait;      /* the OPEN is not wholly sent yet */
+                }
+                if (!stat_done) {
+                        stat_rc = libssh2_sftp_stat_ex(s->sftp, path, (unsigned) strlen(path), LIBSSH2_SFTP_STAT,
+                                                       &a->attrs);
+                        if (stat_rc != LIBSSH2_ERROR_EAGAIN) {
+                                stat_done = true;
+                                if (stat_rc == LIBSSH2_ERROR_SFTP_PROTOCOL)
+                                        stat_status = libssh2_sftp_last_error(s->sftp);
+                        }
+                }
+                if (open_done && stat_done)
+                        break;
+        wait:
+                /* In slices: with two answers due, one may already sit in libssh2's buffers while
+                 * the socket stays quiet, so both calls are tried again at least every 20 ms. */
+                if (session_wait(s, MIN(deadline, now_usec() + 20 * 1000)) < 0) {
+                        if (s->wait_error == -ETIMEDOUT && now_usec() < deadline) {
+                                s->wait_error = 0;
+                                continue;
+                        }
+                        /* Requests in flight: the session is in an unknown state. */
+                        (void) session_error(s, LIBSSH2_ERROR_TIMEOUT, "open");
+                        return s->wait_error;
+                }
+        }
+
+        if (stat_rc != 0 && stat_rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
+                r = session_error(s, stat_rc, "stat");
+        else if (open_rc != 0 && open_rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
+                r = session_error(s, open_rc, "open");
+        else if (stat_rc != 0)
+                r = sftp_status_to_errno(stat_status);
+        else {
+                r = attrs_verify_regular(&a->attrs);
+                if (r >= 0 && open_rc != 0)
+                        r = sftp_status_to_errno(open_status);
+        }
+        if (r < 0 || s->broken) {
+                if (handle && !s->broken)
+                        session_close_handle(s, handle, deadline);
+                return r < 0 ? r : -ECONNRESET;
+        }
+
+        HandleSlot *h = NULL;
+        r = session_free_slot_ok(s, deadline, &h);
+        if (r < 0)
+                return r;
+        *h = (HandleSlot) { .key = file_key_ref(a->key), .handle = handle, .pos = 0, .last_used = now_usec() };
+        return 0;
+}
+
 static int sftp_open(Origin *o, const char *rel_path, OriginFile **ret) {
         SftpOrigin *so = sftp_origin(o);
         int r = origin_rel_path_check(rel_path);
@@ -731,27 +895,23 @@ static int sftp_open(Origin *o, const char *rel_path, OriginFile **ret) {
         _cleanup_free_ char *p = remote_path(so, rel_path);
         if (!p)
                 return -ENOMEM;
-        /* The remote handle is opened lazily by the first read, on whichever session it borrows; the
-         * stat answers now what open() must: that it is there and a regular file. */
-        StatArg a = { .path = p, .type = LIBSSH2_SFTP_STAT };
-        r = (int) sftp_run(so, "open", rel_path, so->timeout_sec, op_stat, &a);
-        if (r < 0)
-                return r;
-        r = attrs_verify_regular(&a.attrs);
-        if (r < 0)
-                return r;
-
         size_t n = strlen(p);
         FileKey *k = malloc(sizeof *k + n + 1);
-        SftpFile *f = calloc(1, sizeof *f);
-        if (!k || !f) {
-                free(k);
-                free(f);
+        if (!k)
                 return -ENOMEM;
-        }
         atomic_init(&k->n_ref, 1);
         atomic_init(&k->closed, false);
         memcpy(k->path, p, n + 1);
+
+        OpenArg a = { .key = k };
+        r = (int) sftp_run(so, "open", rel_path, so->timeout_sec, op_open, &a);
+        SftpFile *f = r < 0 ? NULL : calloc(1, sizeof *f);
+        if (!f) {
+                /* A session that kept a handle closes it on its next use. */
+                atomic_store(&k->closed, true);
+                file_key_unref(k);
+                return r < 0 ? r : -ENOMEM;
+        }
         f->key = k;
         f->size = (a.attrs.flags & LIBSSH2_SFTP_ATTR_SIZE) ? a.attrs.filesize : UINT64_MAX;
         pthread_mutex_init(&f->lock, NULL);
@@ -759,25 +919,42 @@ static int sftp_open(Origin *o, const char *rel_path, OriginFile **ret) {
         return 0;
 }
 
-/* Closes the handles of files closed since (one round trip each, only after a close). */
+/* Closes the handles of files closed since, without waiting for the answers. */
 static void session_sweep(SftpSession *s, usec_t deadline) {
+        session_reap_closes(s);
         for (size_t i = 0; i < SFTP_HANDLE_SLOTS && !s->broken; i++) {
                 HandleSlot *h = &s->slots[i];
                 if (!h->key || !atomic_load(&h->key->closed))
                         continue;
-                int rc;
-                SSH_CALL(s, deadline, rc, libssh2_sftp_close_handle(h->handle));
-                if (rc != 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
-                        (void) session_error(s, rc, "close");
+                session_close_handle(s, h->handle, deadline);
                 file_key_unref(h->key);
                 *h = (HandleSlot) {};
         }
 }
 
+/* A free slot, the least recently used one's handle closed if none is. */
+static HandleSlot *session_free_slot(SftpSession *s, usec_t deadline) {
+        HandleSlot *victim = NULL;
+        for (size_t i = 0; i < SFTP_HANDLE_SLOTS; i++) {
+                HandleSlot *h = &s->slots[i];
+                if (!victim || (victim->key && (!h->key || h->last_used < victim->last_used)))
+                        victim = h;
+        }
+        if (victim->key) {
+                session_close_handle(s, victim->handle, deadline);
+                file_key_unref(victim->key);
+                *victim = (HandleSlot) {};
+        }
+        return victim;
+}
+
+static int session_free_slot_ok(SftpSession *s, usec_t deadline, HandleSlot **ret) {
+        *ret = session_free_slot(s, deadline);
+        return s->broken ? -ECONNRESET : 0;
+}
+
 /* The session's handle for the file, opened if it has none (evicting the least recently used). */
 static int session_handle(SftpSession *s, FileKey *k, usec_t deadline, HandleSlot **ret) {
-        HandleSlot *victim = NULL;
-
         session_sweep(s, deadline);
         if (s->broken)
                 return -ECONNRESET;
@@ -787,19 +964,10 @@ static int session_handle(SftpSession *s, FileKey *k, usec_t deadline, HandleSlo
                         *ret = h;
                         return 0;
                 }
-                if (!victim || (victim->key && (!h->key || h->last_used < victim->last_used)))
-                        victim = h;
         }
-        if (victim->key) {
-                int rc;
-                SSH_CALL(s, deadline, rc, libssh2_sftp_close_handle(victim->handle));
-                if (rc != 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
-                        (void) session_error(s, rc, "close");
-                file_key_unref(victim->key);
-                *victim = (HandleSlot) {};
-                if (s->broken)
-                        return -ECONNRESET;
-        }
+        HandleSlot *victim = session_free_slot(s, deadline);
+        if (s->broken)
+                return -ECONNRESET;
 
         LIBSSH2_SFTP_HANDLE *handle;
         SSH_CALL_PTR(s, deadline, handle, libssh2_sftp_open_ex(s->sftp, k->path, (unsigned) strlen(k->path),
@@ -886,7 +1054,7 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
 
 static ssize_t sftp_read_remote(SftpOrigin *so, SftpFile *f, void *buf, size_t size, uint64_t offset) {
         ReadArg a = { .key = f->key, .buf = buf, .size = size, .offset = offset, .file_size = f->size };
-        return sftp_run(so, "read", f->key->path + strlen(so->root), so->timeout_sec, op_read, &a);
+        return sftp_run_for(so, f->key, "read", f->key->path + strlen(so->root), so->timeout_sec, op_read, &a);
 }
 
 static ssize_t sftp_pread(OriginFile *file, void *buf, size_t size, uint64_t offset) {
@@ -957,11 +1125,19 @@ static int sftp_check(Origin *o) {
 
 /* ---- the walk ---------------------------------------------------------------------------------- */
 
-/* Directories are listed whole, then their entries handled, so only one remote directory handle is
- * open at a time. SFTP has no inode numbers: a directory loop (a symlink to an ancestor) is found by
- * canonical path, asked of the server (realpath) only for directories reached through a symlink. */
+/* Directories are listed on up to SFTP_WALK_LISTERS threads at once (each listing is a few round
+ * trips: a serial walk of 10-file directories over 20 ms would cap a scan near 100 files/s), each on
+ * a session borrowed from the pool for that one directory, with sftp_run()'s retries. The walk's own
+ * thread takes the listings as they come and handles their entries: it alone calls fn and skipped,
+ * and alone grows the tree of directories; it borrows a session only for what an entry needs (a
+ * symlink's stat and realpath) and gives it back after each listing, so a pool of one still walks.
+ * SFTP has no inode numbers: a directory loop (a symlink to an ancestor) is found by canonical path,
+ * asked of the server (realpath) only for directories reached through a symlink. */
+#define SFTP_WALK_LISTERS 8
+
 typedef struct WalkDir {
         struct WalkDir *parent;
+        struct WalkDir *next_todo;
         char *rel;              /* "" for the walk's start */
         char *canon;            /* the server's canonical path */
 } WalkDir;
@@ -971,18 +1147,43 @@ typedef struct WalkEntry {
         LIBSSH2_SFTP_ATTRIBUTES attrs;
 } WalkEntry;
 
+typedef struct WalkListing {
+        struct WalkListing *next;
+        WalkDir *dir;
+        WalkEntry *entries;
+        size_t n;
+        int r;
+        bool conn_failed;       /* r came from the connection, not from the server's answer */
+} WalkListing;
+
 typedef struct SftpWalk {
         SftpOrigin *so;
-        SftpSession *s;
+        SftpSession *s;         /* the walk thread's, borrowed while it handles one listing's entries */
         origin_walk_fn fn;
         origin_walk_skipped_fn skipped;
         void *userdata;
         unsigned n_unread;
-        WalkDir **dirs;         /* every directory seen, freed at the end */
+        bool conn_failed;
+        WalkDir **dirs;         /* every directory seen, freed at the end (the walk thread's) */
         size_t n_dirs;
-        WalkDir **stack;        /* still to list */
-        size_t n_stack;
+
+        pthread_mutex_t lock;   /* what follows */
+        pthread_cond_t todo_cond, done_cond;
+        WalkDir *todo;          /* still to list */
+        WalkListing *done, **done_tail;
+        unsigned n_listing;     /* being listed */
+        int error;              /* a lister could not report a listing */
+        bool stop;
 } SftpWalk;
+
+static void walk_listing_free(WalkListing *l) {
+        if (!l)
+                return;
+        for (size_t i = 0; i < l->n; i++)
+                free(l->entries[i].name);
+        free(l->entries);
+        free(l);
+}
 
 static void walk_done(SftpWalk *w) {
         for (size_t i = 0; i < w->n_dirs; i++) {
@@ -991,18 +1192,24 @@ static void walk_done(SftpWalk *w) {
                 free(w->dirs[i]);
         }
         free(w->dirs);
-        free(w->stack);
+        while (w->done) {
+                WalkListing *l = w->done;
+                w->done = l->next;
+                walk_listing_free(l);
+        }
+        if (w->s)
+                pool_return(w->so, w->s);
+        pthread_mutex_destroy(&w->lock);
+        pthread_cond_destroy(&w->todo_cond);
+        pthread_cond_destroy(&w->done_cond);
 }
 
 static int walk_add_dir(SftpWalk *w, WalkDir *parent, char *rel, char *canon) {
         WalkDir *d = calloc(1, sizeof *d);
         WalkDir **a = reallocarray(w->dirs, w->n_dirs + 1, sizeof *a);
-        WalkDir **st = a ? reallocarray(w->stack, w->n_stack + 1, sizeof *st) : NULL;
         if (a)
                 w->dirs = a;
-        if (st)
-                w->stack = st;
-        if (!d || !a || !st) {
+        if (!d || !a) {
                 free(d);
                 free(rel);
                 free(canon);
@@ -1010,7 +1217,11 @@ static int walk_add_dir(SftpWalk *w, WalkDir *parent, char *rel, char *canon) {
         }
         *d = (WalkDir) { .parent = parent, .rel = rel, .canon = canon };
         w->dirs[w->n_dirs++] = d;
-        w->stack[w->n_stack++] = d;
+        pthread_mutex_lock(&w->lock);
+        d->next_todo = w->todo;
+        w->todo = d;
+        pthread_cond_signal(&w->todo_cond);
+        pthread_mutex_unlock(&w->lock);
         return 0;
 }
 
@@ -1034,6 +1245,19 @@ static int walk_skip(SftpWalk *w, const char *rel, int err) {
         return w->skipped ? w->skipped(rel, -err, w->userdata) : 0;
 }
 
+/* The walk thread's session, borrowed when an entry first needs one. */
+static int walk_session(SftpWalk *w) {
+        if (w->s)
+                return 0;
+        int r = pool_borrow(w->so, walk_deadline(w), &w->s);
+        if (r < 0) {
+                w->s = NULL;
+                w->conn_failed = true;
+                return r;
+        }
+        return 0;
+}
+
 static int walk_realpath(SftpWalk *w, const char *path, char **ret) {
         char buf[PATH_MAX];
         int rc;
@@ -1046,35 +1270,53 @@ static int walk_realpath(SftpWalk *w, const char *path, char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
-/* Reads the whole directory. */
-static int walk_list(SftpWalk *w, const char *path, WalkEntry **ret, size_t *ret_n) {
+typedef struct ListArg {
+        const char *path;
+        unsigned timeout_sec;
+        WalkEntry *entries;
+        size_t n;
+        bool conn_failed;
+} ListArg;
+
+/* Reads the whole directory; its handle's CLOSE is answered on the session's next use. */
+static ssize_t op_list(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadline) {
+        ListArg *a = arg;
         LIBSSH2_SFTP_HANDLE *dh;
         WalkEntry *e = NULL;
         size_t n = 0;
         int rc, r = 0;
+        (void) so;
+#define LIST_DEADLINE (now_usec() + (usec_t) a->timeout_sec * USEC_PER_SEC)
 
-        SSH_CALL_PTR(w->s, walk_deadline(w), dh, libssh2_sftp_open_ex(w->s->sftp, path, (unsigned) strlen(path), 0, 0,
-                                                                      LIBSSH2_SFTP_OPENDIR));
-        if (!dh)
-                return session_error(w->s, libssh2_session_last_errno(w->s->ssh), "opendir");
+        a->conn_failed = true;
+        session_sweep(s, deadline);
+        if (s->broken)
+                return -ECONNRESET;
+        SSH_CALL_PTR(s, LIST_DEADLINE, dh, libssh2_sftp_open_ex(s->sftp, a->path, (unsigned) strlen(a->path), 0, 0,
+                                                                 LIBSSH2_SFTP_OPENDIR));
+        if (!dh) {
+                r = session_error(s, libssh2_session_last_errno(s->ssh), "opendir");
+                a->conn_failed = s->broken;
+                return r;
+        }
         for (;;) {
                 char name[NAME_MAX + 1];
                 LIBSSH2_SFTP_ATTRIBUTES attrs;
-                SSH_CALL(w->s, walk_deadline(w), rc, libssh2_sftp_readdir_ex(dh, name, sizeof name, NULL, 0, &attrs));
+                SSH_CALL(s, LIST_DEADLINE, rc, libssh2_sftp_readdir_ex(dh, name, sizeof name, NULL, 0, &attrs));
                 if (rc == 0)
                         break;
                 if (rc < 0) {
-                        r = session_error(w->s, rc, "readdir");
+                        r = session_error(s, rc, "readdir");
                         break;
                 }
                 if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
                         continue;
-                WalkEntry *a = reallocarray(e, n + 1, sizeof *a);
-                if (!a) {
+                WalkEntry *x = reallocarray(e, n + 1, sizeof *x);
+                if (!x) {
                         r = -ENOMEM;
                         break;
                 }
-                e = a;
+                e = x;
                 e[n].name = strdup(name);
                 if (!e[n].name) {
                         r = -ENOMEM;
@@ -1082,17 +1324,58 @@ static int walk_list(SftpWalk *w, const char *path, WalkEntry **ret, size_t *ret
                 }
                 e[n++].attrs = attrs;
         }
-        if (!w->s->broken)
-                SSH_CALL(w->s, walk_deadline(w), rc, libssh2_sftp_close_handle(dh));
+#undef LIST_DEADLINE
+        if (!s->broken)
+                session_close_handle(s, dh, deadline);
         if (r < 0) {
                 for (size_t i = 0; i < n; i++)
                         free(e[i].name);
                 free(e);
+                a->conn_failed = s->broken;
                 return r;
         }
-        *ret = e;
-        *ret_n = n;
+        a->entries = e;
+        a->n = n;
+        a->conn_failed = false;
         return 0;
+}
+
+static void *walk_lister(void *userdata) {
+        SftpWalk *w = userdata;
+
+        pthread_mutex_lock(&w->lock);
+        for (;;) {
+                while (!w->stop && !w->todo)
+                        pthread_cond_wait(&w->todo_cond, &w->lock);
+                if (w->stop)
+                        break;
+                WalkDir *d = w->todo;
+                w->todo = d->next_todo;
+                w->n_listing++;
+                pthread_mutex_unlock(&w->lock);
+
+                _cleanup_free_ char *path = remote_path(w->so, d->rel);
+                WalkListing *l = calloc(1, sizeof *l);
+                if (l) {
+                        ListArg a = { .path = path, .timeout_sec = w->so->timeout_sec, .conn_failed = true };
+                        l->dir = d;
+                        l->r = path ? (int) sftp_run(w->so, "list", d->rel, w->so->timeout_sec, op_list, &a) : -ENOMEM;
+                        l->conn_failed = l->r < 0 && a.conn_failed && path;
+                        l->entries = a.entries;
+                        l->n = a.n;
+                }
+
+                pthread_mutex_lock(&w->lock);
+                w->n_listing--;
+                if (l) {
+                        *w->done_tail = l;
+                        w->done_tail = &l->next;
+                } else if (w->error == 0)
+                        w->error = -ENOMEM;
+                pthread_cond_signal(&w->done_cond);
+        }
+        pthread_mutex_unlock(&w->lock);
+        return NULL;
 }
 
 static int walk_entry(SftpWalk *w, WalkDir *dir, WalkEntry *e) {
@@ -1109,6 +1392,9 @@ static int walk_entry(SftpWalk *w, WalkDir *dir, WalkEntry *e) {
 
         if (!(a.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) || LIBSSH2_SFTP_S_ISLNK(a.permissions)) {
                 via_link = true;
+                r = walk_session(w);
+                if (r < 0)
+                        return r;
                 SSH_CALL(w->s, walk_deadline(w), rc, libssh2_sftp_stat_ex(w->s->sftp, path, (unsigned) strlen(path),
                                                                           LIBSSH2_SFTP_STAT, &a));
                 if (rc != 0) {
@@ -1143,6 +1429,54 @@ static int walk_entry(SftpWalk *w, WalkDir *dir, WalkEntry *e) {
         return 0;
 }
 
+/* Hands each listing to walk_entry() as it comes, until none is left or one fails the walk. */
+static int walk_run(SftpWalk *w, Origin *o, const char *rel_dir) {
+        int r = 0;
+
+        for (;;) {
+                pthread_mutex_lock(&w->lock);
+                while (!w->done && (w->todo || w->n_listing > 0) && w->error == 0)
+                        pthread_cond_wait(&w->done_cond, &w->lock);
+                WalkListing *l = w->done;
+                if (l) {
+                        w->done = l->next;
+                        if (!w->done)
+                                w->done_tail = &w->done;
+                }
+                int error = w->error;
+                pthread_mutex_unlock(&w->lock);
+                if (error < 0) {
+                        walk_listing_free(l);
+                        return error;
+                }
+                if (!l)
+                        return 0;       /* nothing listed, nothing to list: done */
+
+                WalkDir *d = l->dir;
+                if (l->r < 0) {
+                        r = l->r;
+                        if (l->conn_failed || !d->parent) {
+                                r = log_error_errno(r, "Failed to list %s%s%s: %m", o->url, d->rel[0] ? "/" : "", d->rel);
+                                if (!d->parent && rel_dir[0] && errno_is_gone(-r))
+                                        r = -ENOENT;
+                        } else
+                                r = walk_skip(w, d->rel, -r);
+                }
+                for (size_t i = 0; i < l->n && r >= 0; i++) {
+                        r = walk_entry(w, d, &l->entries[i]);
+                        if (r < 0 && (w->conn_failed || (w->s && w->s->broken)))
+                                log_error_errno(r, "Walk of %s stopped, the connection failed: %m", o->url);
+                }
+                walk_listing_free(l);
+                if (w->s) {
+                        pool_return(w->so, w->s);
+                        w->s = NULL;
+                }
+                if (r < 0)
+                        return r;
+        }
+}
+
 static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, origin_walk_skipped_fn skipped,
                            void *userdata) {
         SftpOrigin *so = sftp_origin(o);
@@ -1151,10 +1485,16 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
                 .fn = fn,
                 .skipped = skipped,
                 .userdata = userdata,
+                .lock = PTHREAD_MUTEX_INITIALIZER,
+                .todo_cond = PTHREAD_COND_INITIALIZER,
+                .done_cond = PTHREAD_COND_INITIALIZER,
         };
         _cleanup_free_ char *start = NULL, *rel = NULL, *canon = NULL;
+        pthread_t listers[SFTP_WALK_LISTERS];
+        unsigned n_listers = 0;
         int r;
 
+        w.done_tail = &w.done;
         if (rel_dir[0] && origin_rel_path_check(rel_dir) < 0)
                 return -EINVAL;
         start = remote_path(so, rel_dir);
@@ -1162,7 +1502,6 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
         if (!start || !rel)
                 return -ENOMEM;
 
-        /* One session for the whole walk; losing it stops the walk (the scanner tries again later). */
         usec_t deadline = now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC;
         for (unsigned attempt = 0;; attempt++) {
                 r = pool_borrow(so, deadline, &w.s);
@@ -1181,12 +1520,16 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
                         w.s = NULL;
                         continue;
                 }
+                w.s = NULL;
                 if (!error_is_transient(r) || attempt > 0 || now_usec() >= deadline)
                         break;
         }
-        if (r < 0 || !w.s) {
-                if (w.s)
-                        pool_return(so, w.s);
+        if (w.s) {
+                /* The listers borrow their own: a pool of one must not wait on the walk's. */
+                pool_return(so, w.s);
+                w.s = NULL;
+        }
+        if (r < 0) {
                 if (rel_dir[0] && errno_is_gone(-r))
                         return r;
                 return log_error_errno(r, "Failed to open origin directory %s%s%s: %m", o->url, rel_dir[0] ? "/" : "",
@@ -1194,37 +1537,26 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
         }
 
         r = walk_add_dir(&w, NULL, TAKE_PTR(rel), TAKE_PTR(canon));
-        while (r >= 0 && w.n_stack > 0) {
-                WalkDir *d = w.stack[--w.n_stack];
-                _cleanup_free_ char *path = remote_path(so, d->rel);
-                WalkEntry *e = NULL;
-                size_t n = 0;
-                if (!path) {
-                        r = -ENOMEM;
+        /* Half the pool lists (readers of the files found need sessions too), one at least. */
+        unsigned want = MIN(so->pool_size > 1 ? so->pool_size / 2 : 1u, (unsigned) SFTP_WALK_LISTERS);
+        while (r >= 0 && n_listers < want) {
+                int k = pthread_create(&listers[n_listers], NULL, walk_lister, &w);
+                if (k != 0) {
+                        if (n_listers == 0)
+                                r = log_error_errno(k, "SFTP origin %s: cannot start a walk thread: %m", o->name);
                         break;
                 }
-                r = walk_list(&w, path, &e, &n);
-                if (r < 0) {
-                        if (w.s->broken || !d->parent) {
-                                r = log_error_errno(r, "Failed to list %s%s%s: %m", o->url, d->rel[0] ? "/" : "", d->rel);
-                                if (!d->parent && rel_dir[0] && errno_is_gone(-r))
-                                        r = -ENOENT;
-                                break;
-                        }
-                        r = walk_skip(&w, d->rel, -r);
-                        continue;
-                }
-                for (size_t i = 0; i < n; i++) {
-                        if (r >= 0) {
-                                r = walk_entry(&w, d, &e[i]);
-                                if (r < 0 && w.s->broken)
-                                        log_error_errno(r, "Walk of %s stopped, the connection failed: %m", o->url);
-                        }
-                        free(e[i].name);
-                }
-                free(e);
+                n_listers++;
         }
-        pool_return(so, w.s);
+        if (r >= 0)
+                r = walk_run(&w, o, rel_dir);
+
+        pthread_mutex_lock(&w.lock);
+        w.stop = true;
+        pthread_cond_broadcast(&w.todo_cond);
+        pthread_mutex_unlock(&w.lock);
+        for (unsigned i = 0; i < n_listers; i++)
+                pthread_join(listers[i], NULL);
         if (r < 0)
                 return error_is_transient(r) ? -EIO : r;
         return (int) w.n_unread;

@@ -87,7 +87,7 @@ int origin_local_new(const char *name, const char *dir, unsigned priority, Origi
 
 /* An SFTP server (origin-sftp.c, libssh2). Strings are copied; NULL/0 fields take the defaults. */
 #define SFTP_DEFAULT_PORT 22
-#define SFTP_DEFAULT_POOL_SIZE 4
+#define SFTP_DEFAULT_POOL_SIZE 16     /* a scan keeps 16 reads in flight (scan/scanner.c); sessions are made as needed */
 #define SFTP_DEFAULT_TIMEOUT_SEC 30
 #define SFTP_DEFAULT_KEEPALIVE_SEC 30
 typedef struct SftpOriginOptions {
@@ -99,7 +99,7 @@ typedef struct SftpOriginOptions {
         bool use_agent;                 /* try ssh-agent ($SSH_AUTH_SOCK) first */
         const char *known_hosts;        /* NULL: ~/.ssh/known_hosts of the invoking user */
         const char *host_key_fingerprint; /* "SHA256:<base64>": accepted when known_hosts lacks the host */
-        unsigned pool_size;             /* sessions at most, 0: 4 */
+        unsigned pool_size;             /* sessions at most, 0: SFTP_DEFAULT_POOL_SIZE */
         unsigned timeout_sec;           /* per operation, retries included; 0: 30 */
         unsigned keepalive_sec;         /* 0: 30 */
 } SftpOriginOptions;
