@@ -635,28 +635,28 @@ static bool scan_is_unread(const Scan *s, const char *rel_path) {
                 }
 }
 
-/* What the walk could not read is unknown, not gone: stamps the rows it did not see below the
- * entries it skipped, so that the end of the scan removes only what a readable part of the origin
- * no longer has. */
-static int scan_keep_unread(Scan *s) {
+/* Queues as kind every known row the walk did not see that lies (under) or does not lie (!under)
+ * below an entry the walk could not read, after the reads still in flight took their places in the
+ * batches. */
+static int scan_queue_unseen(Scan *s, PendingKind kind, bool under) {
         int r;
 
-        /* The reads still in flight take their places in the batches first. */
         r = scan_collect(s, 0);
         if (r < 0)
                 return r;
-        qsort(s->unread, s->n_unread, sizeof *s->unread, string_compare);
+        if (s->n_unread > 0)
+                qsort(s->unread, s->n_unread, sizeof *s->unread, string_compare);
 
         for (size_t i = 0; i < s->known.n_files; i++) {
                 const CatalogFile *known = &s->known.files[i];
 
-                if (s->known.seen[i] || !scan_is_unread(s, known->rel_path))
+                if (s->known.seen[i] || (s->n_unread > 0 && scan_is_unread(s, known->rel_path)) != under)
                         continue;
                 if (scan_cancelled(s))
                         return -ECANCELED;
 
                 OriginStat st = { .size = known->size, .mtime_ns = known->mtime_ns };
-                if (!pending_add(s, PENDING_UNREAD, known->rel_path, &st, NULL, true))
+                if (!pending_add(s, kind, known->rel_path, &st, NULL, true))
                         return scan_oom(s);
                 if (s->n_pending >= s->batch_size) {
                         r = scan_flush(s);
@@ -667,31 +667,17 @@ static int scan_keep_unread(Scan *s) {
         return scan_flush(s);
 }
 
+/* What the walk could not read is unknown, not gone: stamps the rows it did not see below the
+ * entries it skipped, so that the end of the scan removes only what a readable part of the origin
+ * no longer has. */
+static int scan_keep_unread(Scan *s) {
+        return scan_queue_unseen(s, PENDING_UNREAD, /* under= */ true);
+}
+
+/* A resumed scan: rows the interrupted one stamped that this walk did not see (and could have) are
+ * gone since. */
 static int scan_remove_unseen(Scan *s) {
-        int r;
-
-        r = scan_collect(s, 0);
-        if (r < 0)
-                return r;
-        if (s->n_unread > 0)
-                qsort(s->unread, s->n_unread, sizeof *s->unread, string_compare);
-        for (size_t i = 0; i < s->known.n_files; i++) {
-                const CatalogFile *known = &s->known.files[i];
-
-                if (s->known.seen[i] || (s->n_unread > 0 && scan_is_unread(s, known->rel_path)))
-                        continue;
-                if (scan_cancelled(s))
-                        return -ECANCELED;
-                OriginStat st = { .size = known->size, .mtime_ns = known->mtime_ns };
-                if (!pending_add(s, PENDING_REMOVE, known->rel_path, &st, NULL, true))
-                        return scan_oom(s);
-                if (s->n_pending >= s->batch_size) {
-                        r = scan_flush(s);
-                        if (r < 0)
-                                return r;
-                }
-        }
-        return scan_flush(s);
+        return scan_queue_unseen(s, PENDING_REMOVE, /* under= */ false);
 }
 
 /* The walk ran to its end: the next full scan starts afresh. */
