@@ -718,9 +718,11 @@ static int fill_flush(CacheFills *f, FillJob *j, FillBatch *b, uint64_t end) {
                 r = grow((void **) &j->offsets, &a2, j->n_chunks + b->n_pending, sizeof *j->offsets);
         j->n_alloc = min_size(a1, a2);
         if (r >= 0) {
-                memcpy(j->chunks + j->n_chunks, b->pending, b->n_pending * sizeof *b->pending);
-                memcpy(j->offsets + j->n_chunks, b->pending_offsets, b->n_pending * sizeof *b->pending_offsets);
-                j->n_chunks += b->n_pending;
+                if (b->n_pending > 0) {         /* an empty file has none, and no arrays */
+                        memcpy(j->chunks + j->n_chunks, b->pending, b->n_pending * sizeof *b->pending);
+                        memcpy(j->offsets + j->n_chunks, b->pending_offsets, b->n_pending * sizeof *b->pending_offsets);
+                        j->n_chunks += b->n_pending;
+                }
                 j->covered = end;
         }
         pthread_mutex_unlock(&f->lock);
