@@ -1872,34 +1872,27 @@ static int search_index_repair_locked(Catalog *c) {
         return r < 0 ? r : 1;
 }
 
-int catalog_search_check(Catalog *c) {
+/* Runs one of the search-index maintenance steps under the catalog's lock. */
+static int search_index_locked_call(Catalog *c, int (*step)(Catalog *c)) {
         if (!c)
                 return -EINVAL;
         int r = catalog_lock(c);
         if (r < 0)
                 return r;
         _cleanup_catalog_unlock_ Catalog *locked = c;
-        return search_index_check_locked(c);
+        return step(c);
+}
+
+int catalog_search_check(Catalog *c) {
+        return search_index_locked_call(c, search_index_check_locked);
 }
 
 int catalog_search_rebuild(Catalog *c) {
-        if (!c)
-                return -EINVAL;
-        int r = catalog_lock(c);
-        if (r < 0)
-                return r;
-        _cleanup_catalog_unlock_ Catalog *locked = c;
-        return search_index_rebuild_locked(c);
+        return search_index_locked_call(c, search_index_rebuild_locked);
 }
 
 int catalog_search_repair(Catalog *c) {
-        if (!c)
-                return -EINVAL;
-        int r = catalog_lock(c);
-        if (r < 0)
-                return r;
-        _cleanup_catalog_unlock_ Catalog *locked = c;
-        return search_index_repair_locked(c);
+        return search_index_locked_call(c, search_index_repair_locked);
 }
 
 void catalog_search_hits_free(CatalogSearchHit *h, size_t n) {
