@@ -1673,21 +1673,11 @@ static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
                 worker_notify(m);
 
                 r = scan_origin(m->catalog, o, atomic_load(&m->scan_batch), &hooks, &st);
+                uint64_t scan_usec = now_usec() - t0;
                 /* The scan held the origin's catalog rows in a table (~50 MB at 100k tracks): hand
                  * that heap back rather than carry it until the next scan. */
                 (void) malloc_trim(0);
                 uint64_t changes = st.added + st.changed + st.removed;
-                if (r == -ECANCELED)
-                        log_info("Scan of origin %s cancelled after %" PRIu64 " files", o->name, st.seen);
-                else if (r < 0)
-                        /* Batches committed before the failure stay in the catalog. */
-                        log_warning_errno(r, "Scan of origin %s failed after %" PRIu64 " files: %m", o->name, st.seen);
-                else
-                        log_debug("Scanned origin %s in %.1f s: %" PRIu64 " files, %" PRIu64 " added, %" PRIu64
-                                  " changed, %" PRIu64 " removed, %" PRIu64 " with unreadable tags, %" PRIu64 " failed",
-                                  o->name, (double) (now_usec() - t0) / 1e6, st.seen, st.added, st.changed,
-                                  st.removed, st.unparsed, st.failed);
-
                 pthread_mutex_lock(&m->lock);
                 m->scanning_id = 0;
                 pthread_mutex_unlock(&m->lock);
@@ -1702,6 +1692,14 @@ static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
                                 log_debug("The scan of %s changed nothing; keeping the tree", o->name);
                         worker_finished(m, o, r, &st);
                 }
+                /* Logged once the tree shows what the scan found: "scanned" means visible. */
+                if (r == -ECANCELED)
+                        log_info("Scan of origin %s cancelled after %" PRIu64 " files", o->name, st.seen);
+                else if (r < 0)
+                        /* Batches committed before the failure stay in the catalog. */
+                        log_warning_errno(r, "Scan of origin %s failed after %" PRIu64 " files: %m", o->name, st.seen);
+                else
+                        scan_stats_log(o->name, &st, scan_usec);
         } else {
                 pthread_mutex_lock(&m->lock);
                 m->scanning_id = 0;
@@ -1761,6 +1759,13 @@ static void worker_sync_one(Manager *m, const SyncRequest *q) {
                 worker_rebuild(m);
                 worker_finished(m, o, r, &st);
         }
+        /* A request for the whole origin (an overflowed watch) was a full scan: said like one. */
+        if (r >= 0)
+                for (size_t i = 0; i < q->n_paths; i++)
+                        if (!q->paths[i][0]) {
+                                scan_stats_log(o->name, &st, now_usec() - t0);
+                                break;
+                        }
         origin_unref(o);
 }
 

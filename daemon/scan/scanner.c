@@ -830,12 +830,14 @@ int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const Sca
         if (ret)
                 *ret = s.stats;
         scan_checkpoint_end(&s);
-
-        log_info("Origin %s: scanned %" PRIu64 " files: %" PRIu64 " added, %" PRIu64 " changed, %" PRIu64 " removed, %"
-                 PRIu64 " unchanged, %" PRIu64 " unreadable tags, %" PRIu64 " failed, %" PRIu64 " tags read",
-                 origin->name, s.stats.seen, s.stats.added, s.stats.changed, s.stats.removed,
-                 s.stats.unchanged, s.stats.unparsed, s.stats.failed, s.stats.read);
         return 0;
+}
+
+void scan_stats_log(const char *origin_name, const ScanStats *st, uint64_t usec) {
+        log_info("Origin %s: scanned %" PRIu64 " files: %" PRIu64 " added, %" PRIu64 " changed, %" PRIu64 " removed, %"
+                 PRIu64 " unchanged, %" PRIu64 " unreadable tags, %" PRIu64 " failed, %" PRIu64 " tags read in %.1f s",
+                 origin_name, st->seen, st->added, st->changed, st->removed, st->unchanged, st->unparsed, st->failed,
+                 st->read, (double) usec / 1e6);
 }
 
 /* ---- targeted scans (sync, issue #6) ---- */

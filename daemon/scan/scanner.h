@@ -45,6 +45,10 @@ typedef struct ScanHooks {
  * batch_size 0 means the default (256). Tags are read outside the catalog's transactions. */
 int scan_origin(Catalog *catalog, Origin *origin, unsigned batch_size, const ScanHooks *hooks, ScanStats *ret);
 
+/* "Origin X: scanned N files: ..." at info level. The caller logs it once the scan's results are
+ * visible (the tree published): tests and users read it as "the scan is over". */
+void scan_stats_log(const char *origin_name, const ScanStats *st, uint64_t usec);
+
 /* A scan of what changed (sync, issue #6): each path is a rel_path an event or a poll named, be it
  * a file, a directory (its subtree is walked) or something no longer there (its rows, and the rows
  * below it, go). "" among them makes it a full scan_origin(). Rows elsewhere in the origin are not

@@ -510,9 +510,9 @@ class Daemon:
         except WaitTimeout as e:
             raise DaemonFailed('%s: TrackCount is %s, want %d\n%s' % (e, last[0], n, self.describe())) from None
 
-    # The daemon says when a scan of an origin is over only in its log (scanner.c, info level);
-    # the bus has no property for it yet.
-    SCAN_DONE = r'Origin (\S+): (scanned \d+ files|scan cancelled|scan stopped)'
+    # The daemon says when a scan of an origin is over in its log (manager.c, info level, once the
+    # tree shows what it found) and with the ScanFinished signal.
+    SCAN_DONE = r'Origin \S+: scanned \d+ files|Scan of origin \S+ (?:failed|cancelled)'
 
     def wait_log(self, pattern, timeout=30.0, count=1):
         """Waits until the current run's log has count lines matching the regex pattern; returns

@@ -67,8 +67,9 @@ def wait_fired(d, name, n, timeout=20.0):
 # --------------------------------------------------------------------------------------------------
 # The daemon's own account of what it did.
 
-_SCAN_END = re.compile(r'^musicfsd: \w+: (?:Origin \S+: scanned \d+ files|Scan of origin \S+ (?:failed|cancelled)'
-                       r'|(?:[a-z_]+: )?Scanned origin \S+ in )', re.M)
+# The manager logs these once the tree shows what the scan found (manager.c, worker_scan_one).
+_SCAN_END = re.compile(r'^musicfsd: \w+: (?:[a-z_]+: )?(?:Origin \S+: scanned \d+ files|Scan of origin \S+ (?:failed|cancelled))',
+                       re.M)
 
 
 def scans_finished(d):
