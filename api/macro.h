@@ -24,6 +24,11 @@ static inline void closep(int *fd) {
                 errno = saved;
         }
 }
+/* Closes fd if it is one (errno kept); returns -1 for `fd = safe_close(fd)`. */
+static inline int safe_close(int fd) {
+        closep(&fd);
+        return -1;
+}
 static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
 
 #define _cleanup_free_ _cleanup_(freep)
