@@ -17,7 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cache-internal.h"
 #include "cdc.h"
@@ -31,7 +34,7 @@
 #define FILL_BATCH_BYTES (4u * 1024u * 1024u)           /* chunk bytes per store batch and progress step */
 #define FILL_BATCH_MIN_BYTES (64u * 1024u)
 #define FILL_QUEUE_MAX 1024u                            /* queued jobs; readers may go up to twice that */
-#define READER_SLOTS 2                                  /* verified chunks a reader keeps (≤ 2 × 256 KiB) */
+#define READER_SLOTS 4                                  /* verified chunks a reader keeps (≤ 4 × 256 KiB): the kernel has 2-3 requests of one file in flight, and each shares its boundary chunks with the next */
 /* A read this close to where the last one ended is still sequential: the kernel's read-ahead sends
  * several reads at once, and they arrive out of order. */
 #define SEQ_WINDOW (512u * 1024u)
@@ -839,8 +842,26 @@ static FillJob *fills_pick_locked(CacheFills *f) {
         return best;
 }
 
+/* Fills are background work: a reader waits for its own bytes, never for a fill (D8). On two cores
+ * a fill at the readers' priority took half the CPU a cold miss needed to answer its reads (SHA-256
+ * and chunk writes against one 128 KiB origin read per request); niced, it uses what the readers
+ * leave, which is nearly everything while music plays. The I/O priority is the lowest best-effort
+ * one, not idle: an idle-class fill could starve behind a reader that never pauses. */
+#define FILL_NICE 10
+#define IOPRIO_CLASS_BE 2
+#define IOPRIO_CLASS_SHIFT 13
+static void fill_thread_lower_priority(void) {
+        pid_t tid = (pid_t) syscall(SYS_gettid);
+        if (setpriority(PRIO_PROCESS, (id_t) tid, FILL_NICE) < 0)
+                log_debug_errno(-errno, "Cannot lower the CPU priority of a fill thread, ignoring: %m");
+        if (syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 7) < 0)
+                log_debug_errno(-errno, "Cannot lower the I/O priority of a fill thread, ignoring: %m");
+}
+
 static void *fill_thread(void *userdata) {
         CacheFills *f = userdata;
+
+        fill_thread_lower_priority();
 
         pthread_mutex_lock(&f->lock);
         while (!f->stopping) {
