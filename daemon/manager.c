@@ -225,6 +225,8 @@ unsigned manager_config_diff(const Config *old, const Config *new) {
                 changes |= CONFIG_CHANGE_TIMEOUTS;
         if (old->scan_batch != new->scan_batch)
                 changes |= CONFIG_CHANGE_SCAN_BATCH;
+        if (old->read_ahead_kb != new->read_ahead_kb)
+                changes |= CONFIG_CHANGE_READ_AHEAD;
         if (!streq_ptr(old->mountpoint, new->mountpoint))
                 changes |= CONFIG_CHANGE_MOUNTPOINT;
         if (!streq_ptr(old->cache_dir, new->cache_dir))
@@ -1223,6 +1225,7 @@ static int manager_startup(Manager *m) {
         FuseFsOptions opts = {
                 .mountpoint = m->config.mountpoint,
                 .threads = m->config.fuse_threads,
+                .read_ahead_kb = m->config.read_ahead_kb,
                 .entry_timeout = m->config.entry_timeout,
                 .attr_timeout = m->config.attr_timeout,
                 .allow_other = geteuid() == 0,
@@ -2639,6 +2642,7 @@ int manager_mount(Manager *m, const char *mountpoint) {
         FuseFsOptions opts = {
                 .mountpoint = path,
                 .threads = m->config.fuse_threads,
+                .read_ahead_kb = m->config.read_ahead_kb,
                 .entry_timeout = m->config.entry_timeout,
                 .attr_timeout = m->config.attr_timeout,
                 .allow_other = geteuid() == 0,
@@ -2868,6 +2872,13 @@ int manager_reload(Manager *m, char **ret_error) {
                 log_info("scan_batch changed: %u -> %u (from the next scan)", m->config.scan_batch, new.scan_batch);
                 m->config.scan_batch = new.scan_batch;
                 atomic_store(&m->scan_batch, new.scan_batch);
+        }
+        if (changes & CONFIG_CHANGE_READ_AHEAD) {
+                log_info("read_ahead_kb changed: %u -> %u KiB%s", m->config.read_ahead_kb, new.read_ahead_kb,
+                         new.read_ahead_kb == 0 ? " (the kernel's current value is kept until the next mount)" : "");
+                m->config.read_ahead_kb = new.read_ahead_kb;
+                if (m->fs)
+                        (void) fusefs_set_read_ahead(m->fs, new.read_ahead_kb);
         }
         if ((changes & CONFIG_CHANGE_TIMEOUTS) &&
             (m->config.entry_timeout != new.entry_timeout || m->config.attr_timeout != new.attr_timeout)) {

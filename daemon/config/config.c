@@ -28,6 +28,7 @@
 #define ORIGIN_NAME_MAX 64
 #define FUSE_THREADS_MIN 1
 #define FUSE_THREADS_MAX 64
+#define READ_AHEAD_KB_MAX 16384u
 #define SCAN_BATCH_MIN 1
 #define SCAN_BATCH_MAX 100000
 #define TIMEOUT_MAX (365u * 24 * 3600)
@@ -45,7 +46,7 @@
 #define HEALTH_TIMEOUT_MAX 300
 
 static const char main_keys[] =
-        "mountpoint, cache_dir, template, fuse_threads, log_level, bus, scan_batch, entry_timeout, attr_timeout, "
+        "mountpoint, cache_dir, template, fuse_threads, read_ahead_kb, log_level, bus, scan_batch, entry_timeout, attr_timeout, "
         "poll_interval, health_interval, health_timeout";
 static const char origin_keys[] = "kind, path, priority, watch, poll_interval";
 static const char cache_keys[] = "budget, readahead, passthrough, maintenance_interval";
@@ -85,6 +86,7 @@ void config_init_defaults(Config *c) {
                 .cache_dir = strdup(CONFIG_DEFAULT_CACHE_DIR),
                 .template = strdup(CONFIG_DEFAULT_TEMPLATE),
                 .fuse_threads = 8,
+                .read_ahead_kb = CONFIG_DEFAULT_READ_AHEAD_KB,
                 .scan_batch = 256,
                 .log_level = LOG_INFO,
                 .entry_timeout = 86400,
@@ -125,6 +127,7 @@ static int config_copy(Config *dst, const Config *src) {
         Config c = {
                 .user_bus = src->user_bus,
                 .fuse_threads = src->fuse_threads,
+                .read_ahead_kb = src->read_ahead_kb,
                 .scan_batch = src->scan_batch,
                 .log_level = src->log_level,
                 .entry_timeout = src->entry_timeout,
@@ -443,6 +446,8 @@ static int handle_main_key(LoadContext *ctx, const char *key, const char *value)
                 return strdup_to(&c->template, value) < 0 ? context_oom(ctx) : 0;
         if (strcmp(key, "fuse_threads") == 0)
                 return parse_unsigned(ctx, key, value, FUSE_THREADS_MIN, FUSE_THREADS_MAX, &c->fuse_threads);
+        if (strcmp(key, "read_ahead_kb") == 0)
+                return parse_unsigned(ctx, key, value, 0, READ_AHEAD_KB_MAX, &c->read_ahead_kb);
         if (strcmp(key, "scan_batch") == 0)
                 return parse_unsigned(ctx, key, value, SCAN_BATCH_MIN, SCAN_BATCH_MAX, &c->scan_batch);
         if (strcmp(key, "entry_timeout") == 0)

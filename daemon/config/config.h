@@ -9,6 +9,7 @@
  *   mountpoint = /srv/music          cache_dir = /var/cache/musicfs
  *   template = {albumartist}/{album} ({year})/{disc}{track:02} - {title}.{ext}
  *   fuse_threads = 8   log_level = info   bus = system|user   scan_batch = 256
+ *   read_ahead_kb = 1024   (KiB of kernel read-ahead on the mount; 0: the kernel's default)
  *   entry_timeout = 86400   (seconds; attr_timeout likewise)
  *   health_interval = 30   (seconds between health checks of every origin, 1..3600; 60 s while
  *                           offline, i.e. every origin is unhealthy)
@@ -40,6 +41,9 @@
 #define CONFIG_DEFAULT_POLL_INTERVAL_SEC 300
 #define CONFIG_DEFAULT_CACHE_BUDGET (UINT64_C(10) << 30)
 #define CONFIG_DEFAULT_CACHE_READAHEAD 1
+/* The kernel's 128 KiB makes a sequential read 8 FUSE requests (and 8 origin reads on a miss) per
+ * MiB; libfuse lets a request carry 1 MiB (max_write 1 MiB, so max_pages 256). */
+#define CONFIG_DEFAULT_READ_AHEAD_KB 1024
 #define CONFIG_DEFAULT_CACHE_MAINTENANCE_SEC 60
 #define CONFIG_DEFAULT_HEALTH_INTERVAL_SEC 30   /* D11 */
 #define CONFIG_DEFAULT_HEALTH_TIMEOUT_SEC 5
@@ -61,6 +65,7 @@ typedef struct Config {
         char *template;
         bool user_bus;
         unsigned fuse_threads;  /* default 8, 1..64 */
+        unsigned read_ahead_kb; /* the mount's kernel read-ahead, 0..16384 KiB; 0: the kernel's own */
         unsigned scan_batch;    /* files per catalog transaction, default 256 */
         int log_level;          /* LOG_INFO */
         unsigned entry_timeout; /* seconds, default 86400: the tree is read-only, changes are pushed */

@@ -32,6 +32,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -112,6 +113,7 @@ struct FuseFs {
          * OPENDIR/RELEASEDIR and caches listings itself (FOPEN_CACHE_DIR|KEEP_CACHE by default). */
         atomic_bool no_opendir;
 
+        unsigned read_ahead_kb;         /* applied once the workers run */
         unsigned n_threads;     /* requested */
         FuseWorker *workers;
         unsigned n_workers;     /* running */
@@ -1002,6 +1004,32 @@ int fusefs_start(FuseFs *fs) {
 
         fs->started = true;
         log_debug("Serving %s with %u worker threads.", fs->mountpoint, fs->n_workers);
+        (void) fusefs_set_read_ahead(fs, fs->read_ahead_kb);
+        return 0;
+}
+
+int fusefs_set_read_ahead(FuseFs *fs, unsigned kb) {
+        char path[64], value[16];
+        struct stat st;
+
+        if (!fs)
+                return -EINVAL;
+        fs->read_ahead_kb = kb;
+        if (kb == 0 || !fs->started)
+                return 0;
+        /* A FUSE mount's bdi is named after its anonymous device; the root's getattr is answered by
+         * the workers, which run by now. */
+        if (stat(fs->mountpoint, &st) < 0)
+                return log_warning_errno(-errno, "Cannot find the device of %s to set its read-ahead, keeping the "
+                                         "kernel's: %m", fs->mountpoint);
+        snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev), minor(st.st_dev));
+        int n = snprintf(value, sizeof value, "%u\n", kb);
+
+        _cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, value, (size_t) n) != n)
+                return log_warning_errno(-errno, "Cannot set the read-ahead of %s to %u KiB (%s), keeping the kernel's: %m",
+                                         fs->mountpoint, kb, path);
+        log_debug("Read-ahead of %s set to %u KiB", fs->mountpoint, kb);
         return 0;
 }
 
@@ -1179,6 +1207,7 @@ int fusefs_mount(const FuseFsOptions *opts, TreeStore *trees, OriginSet *origins
                 if (r < 0)
                         return log_error_errno(r, "Failed to set up /%s: %m", FS_SEARCH_DIR_NAME);
         }
+        fs->read_ahead_kb = opts->read_ahead_kb;
         fs->n_threads = opts->threads == 0 ? DEFAULT_THREADS : opts->threads;
         if (fs->n_threads > MAX_THREADS)
                 fs->n_threads = MAX_THREADS;

@@ -17,6 +17,7 @@ typedef struct FuseFs FuseFs;
 typedef struct FuseFsOptions {
         const char *mountpoint;         /* absolute */
         unsigned threads;               /* worker threads */
+        unsigned read_ahead_kb;         /* the mount's kernel read-ahead (its bdi); 0: leave the kernel's */
         double entry_timeout, attr_timeout;     /* seconds */
         bool allow_other;               /* only when running as root */
         bool debug;
@@ -28,6 +29,10 @@ typedef struct FuseFsOptions {
  * -ENOTDIR / -ENOTEMPTY / -ENOENT with a log line that says which. */
 int fusefs_mount(const FuseFsOptions *opts, TreeStore *trees, OriginSet *origins, FuseFs **ret);
 int fusefs_start(FuseFs *fs);
+/* Sets the kernel read-ahead of the running mount (0: leave it). Needs the workers running (it stats
+ * the mountpoint to find its device). A failure is logged and otherwise ignored: reads work with the
+ * kernel's default, only in smaller requests. */
+int fusefs_set_read_ahead(FuseFs *fs, unsigned kb);
 /* After tree_store_publish(): tells the kernel which entries and directories changed. */
 void fusefs_tree_changed(FuseFs *fs, const Tree *old, const Tree *new);
 /* Changes the entry and attribute timeouts given in replies from now on (a SIGHUP reload); what the

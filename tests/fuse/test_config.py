@@ -39,6 +39,7 @@ class ConfigTest(harness.MusicfsTestCase):
     def test_bad_config_file(self):
         for text, line in (('[musicfsd]\nlog_level = info\nfuse_threads = lots\n', 3),
                            ('[musicfsd]\nlog_level = info\nfuse_threads = 65\n', 3),
+                           ('[musicfsd]\nread_ahead_kb = 16385\n', 2),
                            ('[musicfsd\nmountpoint = /x\n', 1),
                            ('[musicfsd]\nno_such_key = 1\n', 2),
                            ('[origin "x"]\nkind = floppy\npath = /tmp\n', 2)):

@@ -3,7 +3,8 @@
 """3.6 (COVERAGE.md): SIGHUP re-reads the configuration file while the mount keeps serving. A new
 log_level applies at once; a new template re-renders the tree (the kernel forgets the old names); a
 broken file is refused with FILE:LINE in the log and the running configuration stays, mount
-untouched; a key that cannot change while running (fuse_threads) is reported as needing a restart.
+untouched; a key that cannot change while running (fuse_threads) is reported as needing a restart;
+read_ahead_kb sets the mount's kernel read-ahead (its bdi) at mount and again at a reload.
 Each reload is announced RELOADING=1 ... READY=1 (Type=notify-reload)."""
 
 import os
@@ -51,12 +52,27 @@ class ReloadTest(harness.MusicfsTestCase):
             self.assertEqual(rutil.read_file(d.path(prefix + v)), rutil.read_file(self.files[v]), v)
         self.assertEqual(int(d.bus_get('TrackCount')), len(self.files))
 
+    def read_ahead_kb(self, d):
+        """The kernel's read-ahead of the mount, from its bdi (named after the mount's device)."""
+        st = os.stat(d.mountpoint)
+        with open('/sys/class/bdi/%d:%d/read_ahead_kb' % (os.major(st.st_dev), os.minor(st.st_dev))) as f:
+            return int(f.read())
+
     def test_reload(self):
         d = self.daemon([self.lib], config_text=config())
         d.wait_tracks(len(self.files))
         rutil.wait_scan_done(d)
         self.assertServes(d)
         self.assertNotIn(DEBUG, d.log())
+        # The default read-ahead is set once the workers run, before READY.
+        self.assertEqual(self.read_ahead_kb(d), 1024)
+
+        # read_ahead_kb: applies at once, on the mounted file system.
+        self.write_config(d, config(extra='read_ahead_kb = 256\n'))
+        self.reload(d)
+        rutil.wait_log(d, r'read_ahead_kb changed: 1024 -> 256 KiB')
+        self.assertEqual(self.read_ahead_kb(d), 256)
+        self.assertServes(d)
 
         # log_level: applies at once.
         self.write_config(d, config('debug'))

@@ -97,6 +97,7 @@ static void test_defaults(void **state) {
         assert_string_equal(c.template, CONFIG_DEFAULT_TEMPLATE);
         assert_false(c.user_bus);
         assert_int_equal(c.fuse_threads, 8);
+        assert_int_equal(c.read_ahead_kb, 1024);
         assert_int_equal(c.scan_batch, 256);
         assert_int_equal(c.log_level, LOG_INFO);
         assert_int_equal(c.entry_timeout, 86400);
@@ -129,6 +130,7 @@ static void test_full_file(void **state) {
                  "cache_dir=/var/cache/mfs   ; inline comment\n"
                  "template = {artist}/{title}.{ext}\n"
                  "   fuse_threads = 16\n"
+                 "read_ahead_kb = 0\n"
                  "\tlog_level = debug\n"
                  "bus = user\r\n"
                  "scan_batch = 1000\n"
@@ -152,6 +154,7 @@ static void test_full_file(void **state) {
         assert_string_equal(c.cache_dir, "/var/cache/mfs");
         assert_string_equal(c.template, "{artist}/{title}.{ext}");
         assert_int_equal(c.fuse_threads, 16);
+        assert_int_equal(c.read_ahead_kb, 0);
         assert_int_equal(c.log_level, LOG_DEBUG);
         assert_true(c.user_bus);
         assert_int_equal(c.scan_batch, 1000);
@@ -180,13 +183,14 @@ static void test_other_values(void **state) {
         Config c;
 
         write_file(f->conf, "[musicfsd]\nbus = system\nlog_level = WARN\nfuse_threads = 64\n"
-                            "scan_batch = 1\nentry_timeout = 31536000\n[origin.x]\npriority = 0\n");
+                            "read_ahead_kb = 16384\nscan_batch = 1\nentry_timeout = 31536000\n[origin.x]\npriority = 0\n");
         config_init_defaults(&c);
         c.user_bus = true;
         load_ok(&c, f->conf);
         assert_false(c.user_bus);
         assert_int_equal(c.log_level, LOG_WARNING);
         assert_int_equal(c.fuse_threads, 64);
+        assert_int_equal(c.read_ahead_kb, 16384);
         assert_int_equal(c.scan_batch, 1);
         assert_int_equal(c.entry_timeout, 31536000);
         assert_int_equal(c.origins[0].priority, 0);
