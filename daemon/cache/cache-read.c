@@ -1047,8 +1047,13 @@ static void reader_queue_refill(CacheReader *r) {
 
 /* Copies [from, from + len) of one chunk at chunk_offset of the file into dst: from the reader's
  * slots, else from the store (verified), else fetched again from the origins and checked against its
- * name, then stored back (a bad chunk at once; missing ones by a refill of the file). -ESTALE when the origin's bytes are not that chunk (the file changed under
- * the same size and mtime); the origin's error when neither has it. */
+ * name, then stored back (a bad chunk at once; missing ones by a refill of the file). -ESTALE when
+ * the origin's bytes are not that chunk (the file changed under the same size and mtime); the
+ * origin's error when neither has it.
+ *
+ * A chunk wholly inside the request (most of them, with 1 MiB requests) is read and verified in
+ * place in dst and not kept in a slot: no other request of this handle covers it, and a 256 KiB
+ * buffer per chunk cost a malloc (an mmap at that size), a copy and its page faults. */
 static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk_offset, size_t from, size_t len,
                              uint8_t *dst, bool *ret_origin) {
         Cache *c = r->cache;
@@ -1058,16 +1063,24 @@ static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk
         if (slot_copy(r, &ref->id, from, len, dst))
                 return 0;
 
-        _cleanup_free_ uint8_t *data = malloc(CDC_MAX_SIZE);
-        if (!data)
-                return -ENOMEM;
+        bool in_place = from == 0 && len == ref->size;
+        _cleanup_free_ uint8_t *data = NULL;
+        if (!in_place) {
+                data = malloc(CDC_MAX_SIZE);
+                if (!data)
+                        return -ENOMEM;
+        }
 
         ChunkStore *store = read_store(c);
         ChunkIndex *index = read_index(c);
-        ssize_t n = store ? chunk_store_read(store, &ref->id, data, CDC_MAX_SIZE) : -ENOENT;
-        if (n >= 0 && (size_t) n == ref->size)
+        ssize_t n = !store ? -ENOENT
+                           : in_place ? chunk_store_read(store, &ref->id, dst, ref->size)
+                                      : chunk_store_read(store, &ref->id, data, CDC_MAX_SIZE);
+        if (n >= 0 && (size_t) n == ref->size) {
                 cache_note_access(c, &ref->id);
-        else {
+                if (in_place)
+                        return 0;
+        } else {
                 chunk_id_to_hex(&ref->id, hex);
                 if (n >= 0)
                         n = -EBADMSG;   /* hashes to its name but not the size the version knows */
@@ -1099,6 +1112,11 @@ static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk
                         }
                 }
 
+                if (!data) {
+                        data = malloc(CDC_MAX_SIZE);
+                        if (!data)
+                                return -ENOMEM;
+                }
                 k = reader_origin_read(r, data, ref->size, chunk_offset);
                 if (k < 0)
                         return k;
