@@ -1775,6 +1775,10 @@ static void worker_sync_one(Manager *m, const SyncRequest *q) {
 static void *worker_main(void *userdata) {
         Manager *m = userdata;
 
+        /* After an unclean stop, the search index check that catalog_open() left for after the mount
+         * (D6), before the first scan; a stop cuts it short. Logs its own outcome. */
+        (void) catalog_search_repair_if_due(m->catalog, &m->cancel);
+
         pthread_mutex_lock(&m->lock);
         for (;;) {
                 while (!atomic_load(&m->cancel) && !m->rebuild_requested && m->n_scan_queue == 0 && m->n_removals == 0 &&

@@ -111,6 +111,7 @@ static const char *const catalog_migrations[] = {
 };
 
 #define CATALOG_SCHEMA_VERSION ((int) ELEMENTSOF(catalog_migrations))
+#define CATALOG_SEARCH_SINCE_VERSION 2  /* the migration that creates files_fts and builds it */
 #define CATALOG_BUSY_TIMEOUT_MS 5000
 /* Page cache. The catalog is off the FUSE path (the tree serves every request) and is read whole
  * only at startup and scans, where a bigger cache saves little and costs resident memory. */
@@ -207,6 +208,15 @@ struct Catalog {
         pthread_t rebuild_thread;
         bool rebuild_thread_started;
         atomic_bool rebuilding;
+        /* Rebuilds of the index that committed. A rebuild a search asked for is skipped when another
+         * one (the check's) committed since that search began: it saw an index that is gone. */
+        _Atomic uint64_t rebuilds;
+        uint64_t rebuilds_seen_by_search;       /* for the rebuild thread; set before it starts */
+        /* quick_check does not look inside the search index's blobs, so an open that was not after a
+         * clean close leaves the FTS5 integrity-check due: catalog_search_repair_if_due() runs it
+         * after the mount (D6: 1.5-2.7 s at 1M tracks, a rebuild 8-17 s more). Under lock. */
+        bool search_check_due;
+        atomic_bool repairing;  /* that check found damage and rebuilds: searches answer -EBUSY */
 };
 
 struct CatalogBatch {
@@ -243,6 +253,9 @@ static int catalog_error(Catalog *c, int rc, const char *what) {
         case SQLITE_TOOBIG:
                 r = -E2BIG;
                 break;
+        case SQLITE_INTERRUPT:
+                r = -ECANCELED;         /* always asked for: a close, or a caller that stops */
+                break;
         case SQLITE_CONSTRAINT:
                 r = -EINVAL;
                 break;
@@ -256,6 +269,8 @@ static int catalog_error(Catalog *c, int rc, const char *what) {
         }
 
         const char *message = c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc);
+        if (r == -ECANCELED)
+                return log_debug_errno(r, "Catalog %s: %s: %s", c->path, what, message);
         if (r == -EBADMSG)
                 return log_error_errno(r, "Catalog %s is corrupt or not a database: %s: %s", c->path, what, message);
         return log_error_errno(r, "Catalog %s: %s: %s", c->path, what, message);
@@ -282,8 +297,6 @@ static void catalog_unlockp(Catalog **c) {
                 catalog_unlock(*c);
 }
 #define _cleanup_catalog_unlock_ _cleanup_(catalog_unlockp)
-
-static int search_index_repair_locked(Catalog *c);
 
 static int catalog_exec(Catalog *c, const char *sql) {
         int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
@@ -636,13 +649,9 @@ int catalog_open(const char *path, Catalog **ret) {
         r = catalog_migrate(c);
         if (r < 0)
                 return r;
-        /* quick_check does not look inside the search index's blobs: after a crash or an outside
-         * write, check it too; a damaged index is rebuilt from files, the catalog stays. */
-        if (!closed_cleanly) {
-                r = search_index_repair_locked(c);
-                if (r < 0)
-                        return r;
-        }
+        /* A new file, or one older than the index, had its index built by this open's migration:
+         * nothing a crash could have torn. */
+        c->search_check_due = !closed_cleanly && version >= CATALOG_SEARCH_SINCE_VERSION;
 
         log_debug("Catalog %s opened (schema version %d)", path, CATALOG_SCHEMA_VERSION);
         *ret = TAKE_PTR(c);
@@ -759,7 +768,10 @@ void catalog_close(Catalog *c) {
                 (void) catalog_error(c, rc, "checkpoint");
         catalog_unlock(c);
 
-        _cleanup_free_ char *path = rc == SQLITE_OK && !c->corrupt_seen ? strdup(c->path) : NULL;
+        /* A search index check still due (the daemon stopped before it ran, or stopped it) is due at
+         * the next open too: no marker. */
+        _cleanup_free_ char *path = rc == SQLITE_OK && !c->corrupt_seen && !c->search_check_due ?
+                                    strdup(c->path) : NULL;
         catalog_free(c);
         /* After the close: the last connection's close may still touch the file. */
         if (path)
@@ -1844,6 +1856,12 @@ static int search_index_check_locked(Catalog *c) {
         return catalog_error(c, rc, "search index integrity-check");
 }
 
+/* Whether the caller's stop flag is set; a progress handler, so the check and its rebuild stop
+ * within a few milliseconds of it. */
+static int search_index_cancelled(void *userdata) {
+        return atomic_load((const atomic_bool *) userdata);
+}
+
 static int search_index_rebuild_locked(Catalog *c) {
         uint64_t start = now_nsec();
         int r;
@@ -1856,8 +1874,11 @@ static int search_index_rebuild_locked(Catalog *c) {
                 r = catalog_exec(c, "COMMIT");
         if (r < 0) {
                 catalog_rollback(c);
+                if (r == -ECANCELED)
+                        return r;       /* the index stays as it was, damaged: whoever stopped us knows */
                 return log_error_errno(r, "Catalog %s: cannot rebuild the search index: %m", c->path);
         }
+        atomic_fetch_add(&c->rebuilds, 1);
         log_notice("Catalog %s: search index rebuilt from the catalog in %.2f s", c->path,
                    (double) (now_nsec() - start) / 1e9);
         return 0;
@@ -1893,6 +1914,51 @@ int catalog_search_rebuild(Catalog *c) {
 
 int catalog_search_repair(Catalog *c) {
         return search_index_locked_call(c, search_index_repair_locked);
+}
+
+int catalog_search_repair_if_due(Catalog *c, const atomic_bool *cancel) {
+        uint64_t start = now_nsec();
+        int r;
+
+        if (!c)
+                return -EINVAL;
+        r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        _cleanup_catalog_unlock_ Catalog *locked = c;
+        if (!c->search_check_due)
+                return 0;
+        if (cancel && atomic_load(cancel))
+                return log_info_errno(ECANCELED, "Catalog %s: search index check skipped: stopping; "
+                                      "it runs at the next start", c->path);
+
+        if (cancel)
+                sqlite3_progress_handler(c->db, 10000, search_index_cancelled, (void *) cancel);
+        r = search_index_check_locked(c);
+        if (r == -EBADMSG) {
+                /* Searches meanwhile would meet the damage and ask for a rebuild of their own. */
+                atomic_store(&c->repairing, true);
+                r = search_index_rebuild_locked(c);
+                atomic_store(&c->repairing, false);
+                r = r < 0 ? r : 1;
+        }
+        if (cancel)
+                sqlite3_progress_handler(c->db, 0, NULL, NULL);
+
+        double seconds = (double) (now_nsec() - start) / 1e9;
+        if (r == -ECANCELED)
+                /* Still due: catalog_close() leaves no clean-close marker, the next open asks again. */
+                return log_info_errno(r, "Catalog %s: search index check stopped after %.2f s; "
+                                      "it runs at the next start", c->path, seconds);
+        c->search_check_due = false;
+        if (r < 0) {
+                c->corrupt_seen = true;         /* the next open checks again */
+                return log_error_errno(r, "Catalog %s: search index check failed after %.2f s: %m",
+                                       c->path, seconds);
+        }
+        log_info("Catalog %s: search index checked in %.2f s: %s", c->path, seconds,
+                 r > 0 ? "damaged, rebuilt" : "sound");
+        return r;
 }
 
 void catalog_search_hits_free(CatalogSearchHit *h, size_t n) {
@@ -2093,15 +2159,19 @@ static void *search_rebuild_main(void *userdata) {
          * next open checks the file and the index instead of trusting a clean-close marker. */
         if (catalog_lock(c) >= 0) {
                 c->corrupt_seen = true;
+                if (atomic_load(&c->rebuilds) == c->rebuilds_seen_by_search)
+                        (void) search_index_rebuild_locked(c);  /* logs either way */
+                else
+                        log_info("Catalog %s: the search index was rebuilt since the search that found it damaged",
+                                 c->path);
                 catalog_unlock(c);
         }
-        (void) catalog_search_rebuild(c);       /* logs either way */
         atomic_store(&c->rebuilding, false);
         return NULL;
 }
 
-/* -EBUSY: a rebuild runs (now). */
-static int search_rebuild_start(Catalog *c) {
+/* -EBUSY: a rebuild runs (now). rebuilds_seen: c->rebuilds when the search that met the damage began. */
+static int search_rebuild_start(Catalog *c, uint64_t rebuilds_seen) {
         int r;
 
         r = pthread_mutex_lock(&c->search_lock);
@@ -2116,6 +2186,7 @@ static int search_rebuild_start(Catalog *c) {
                 c->rebuild_thread_started = false;
         }
         atomic_store(&c->rebuilding, true);
+        c->rebuilds_seen_by_search = rebuilds_seen;
         r = pthread_create(&c->rebuild_thread, NULL, search_rebuild_main, c);
         if (r != 0) {
                 atomic_store(&c->rebuilding, false);
@@ -2136,15 +2207,16 @@ int catalog_search(Catalog *c, const CatalogSearchQuery *q, CatalogSearchHit **r
         if (q->year_min < 0 || q->year_max < 0 || (q->year_max > 0 && q->year_min > q->year_max))
                 return -EINVAL;
 
-        if (atomic_load(&c->rebuilding))
+        if (atomic_load(&c->rebuilding) || atomic_load(&c->repairing))
                 return -EBUSY;
+        uint64_t rebuilds = atomic_load(&c->rebuilds);
         r = search_run(c, q, ret, ret_n);
         if (r != -EBADMSG)
                 return r;
         /* The index is damaged: rebuild it from files. The tree, and so browsing, never reads it. */
-        return search_rebuild_start(c);
+        return search_rebuild_start(c, rebuilds);
 }
 
 bool catalog_search_rebuilding(Catalog *c) {
-        return c && atomic_load(&c->rebuilding);
+        return c && (atomic_load(&c->rebuilding) || atomic_load(&c->repairing));
 }

@@ -8,6 +8,7 @@
  * nodes(id = inode number, path UNIQUE) so that a virtual path keeps its inode across restarts and
  * rescans (D4); files_fts, the full-text index over files' tags (schema v2, see catalog_search()).
  * The connection is guarded by a mutex inside Catalog: any thread may call in. */
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -39,8 +40,9 @@ typedef struct CatalogFile {
 void catalog_file_free_members(CatalogFile *f);
 void catalog_files_free(CatalogFile *f, size_t n);
 
-/* Opens or creates, applies migrations, WAL, synchronous=NORMAL, runs PRAGMA quick_check.
- * -EBADMSG when the file is corrupt (not a database, or quick_check fails). */
+/* Opens or creates, applies migrations, WAL, synchronous=NORMAL, runs PRAGMA quick_check unless the
+ * file is exactly as a clean close left it. -EBADMSG when the file is corrupt (not a database, or
+ * quick_check fails). The search index's own check is left for catalog_search_repair_if_due(). */
 int catalog_open(const char *path, Catalog **ret);
 /* catalog_open(), and when the file is corrupt: moves it (and -wal/-shm) aside to
  * "<path>.corrupt-<unix time>", logs that, creates a fresh one and sets *ret_rebuilt. */
@@ -122,8 +124,8 @@ typedef struct CatalogSearchHit {
 
 /* Best first. A search that meets a damaged index (SQLITE_CORRUPT) starts rebuilding it on a thread
  * of its own and answers -EBUSY, as does every search until the rebuild is over (1.7 s at 100k
- * tracks); catalog_close() interrupts a rebuild. -EINVAL: FTS5 refused the expression; -ETIMEDOUT:
- * ran past 5 s. */
+ * tracks), or while catalog_search_repair_if_due() rebuilds; catalog_close() interrupts a rebuild.
+ * -EINVAL: FTS5 refused the expression; -ETIMEDOUT: ran past 5 s. */
 int catalog_search(Catalog *c, const CatalogSearchQuery *q, CatalogSearchHit **ret, size_t *ret_n);
 bool catalog_search_rebuilding(Catalog *c);
 void catalog_search_hits_free(CatalogSearchHit *h, size_t n);
@@ -131,6 +133,12 @@ void catalog_search_hits_free(CatalogSearchHit *h, size_t n);
 int catalog_search_check(Catalog *c);
 /* Rebuilds the index from files (one transaction). */
 int catalog_search_rebuild(Catalog *c);
-/* check, then rebuild when damaged: 0 = was fine, 1 = rebuilt. catalog_open() does this itself when
- * the catalog was not closed cleanly. */
+/* check, then rebuild when damaged: 0 = was fine, 1 = rebuilt. */
 int catalog_search_repair(Catalog *c);
+/* catalog_search_repair() once, when catalog_open() found the catalog not closed cleanly; logs what
+ * it found and how long it took. For after the mount (D6): it holds the catalog's lock for the
+ * check (1.5-2.7 s at 1M tracks) and a rebuild if needed (8-17 s); searches meanwhile run, and
+ * answer -EBUSY when they meet the damage or while it rebuilds. 0: sound, or nothing due;
+ * 1: rebuilt. -ECANCELED when *cancel is or becomes true (polled as it runs): still due, so
+ * catalog_close() leaves no clean-close marker and the next open leaves it due again. */
+int catalog_search_repair_if_due(Catalog *c, const atomic_bool *cancel);

@@ -3,8 +3,9 @@
 """6.5 (COVERAGE.md): the search index dies. The FTS5 index lives in the catalog (D5) and is
 rebuildable from its files table. Garbage written into its shadow table (files_fts_data) while the
 daemon was down is found at the next start (the catalog was not closed cleanly since: the FTS5
-integrity-check runs), logged and rebuilt, and the daemon mounts with the catalog kept: browsing
-serves the whole tree, Search answers what it answered before. The same damage done while the
+integrity-check runs, in the background once the library is mounted (D6), not before), logged and
+rebuilt, with the catalog kept: browsing serves the whole tree, Search answers what it answered
+before. The same damage done while the
 daemon runs is met by the next Search, which starts rebuilding the index in the background and
 answers Busy until it is done, then right again; browsing never notices, and /.search/ answers from
 the rebuilt index."""
@@ -23,6 +24,8 @@ import genlib  # noqa: E402
 QUERIES = ('lux', 'sigur ros', 'artist:aurora', '"long way"', 'year:2010', 'sta*', 'night OR dusk')
 GARBAGE = bytes(range(0x11, 0x11 + 40))
 REBUILT = 'search index rebuilt from the catalog'
+CHECKED = r'search index checked in [0-9.]+ s: (\w+)'
+MOUNTED = 'Mounted %s with '
 
 
 class SearchCorruptTest(harness.MusicfsTestCase):
@@ -81,8 +84,17 @@ class SearchCorruptTest(harness.MusicfsTestCase):
         self.assertIndexBroken(self.catalog(d))
 
         d.start(timeout=10.0)
-        rutil.wait_log(d, REBUILT)
-        self.assertIn('search index is damaged', d.log())
+        checked = rutil.wait_log(d, CHECKED)
+        self.assertEqual(checked.group(1), 'damaged')
+        log = d.log()
+        self.assertIn(REBUILT, log)
+        self.assertIn('search index is damaged', log)
+        # The check runs after the mount, off the startup path (D6): every word of it comes after
+        # the line that says the library is mounted.
+        mounted = log.find(MOUNTED % d.mountpoint)
+        self.assertGreaterEqual(mounted, 0, log)
+        for line in ('search index is damaged', REBUILT, checked.group(0)):
+            self.assertGreater(log.find(line), mounted, '%r before the mount:\n%s' % (line, log))
         self.assertNotIn('corrupt-', d.log(), 'the whole catalog was thrown away for a damaged index')
         self.assertEqual(int(d.bus_get('TrackCount')), len(self.expected))
         self.assertBrowsing(d)
@@ -95,6 +107,7 @@ class SearchCorruptTest(harness.MusicfsTestCase):
         self.assertEqual(self.answers(d), before)
         self.assertNotIn(REBUILT, d.log())
         self.assertDaemonStops(d)
+        self.assertNotRegex(d.log(), CHECKED, 'a clean stop leaves nothing to check')
 
     def test_damaged_while_running(self):
         d, before = self.first_run()

@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -627,20 +628,69 @@ static void test_corrupt_index_rebuilt_at_search(void **state) {
         assert_int_equal(search_run(f->catalog, f->tree, "beyonce", 10, true, &res, &n, &reason), -EBUSY);
         catalog_close(f->catalog);
         f->catalog = NULL;
-        assert_int_equal(catalog_open(f->db, &f->catalog), 0);      /* not closed cleanly? checked */
-        wait_rebuilt(f);
+        assert_int_equal(catalog_open(f->db, &f->catalog), 0);
+        /* damage was seen, so no clean-close marker: the check is due, and rebuilds if the close
+         * interrupted the rebuild */
+        assert_in_range(catalog_search_repair_if_due(f->catalog, NULL), 0, 1);
         expect(f, "beyonce", "Crazy in Love|Halo");
 }
 
-static void test_corrupt_index_rebuilt_at_open(void **state) {
+/* After an open that was not after a clean close, the index check is due, and runs once, when
+ * asked (after the mount, D6): the open itself leaves the index alone. */
+static void test_corrupt_index_rebuilt_when_due(void **state) {
         Fixture *f = *state;
 
         catalog_close(f->catalog);
         f->catalog = NULL;
         exec_sql(f->db, DAMAGE);        /* after a clean close: the marker no longer matches */
         assert_int_equal(catalog_open(f->db, &f->catalog), 0);
+        assert_int_equal(catalog_search_check(f->catalog), -EBADMSG);
+        assert_int_equal(catalog_search_repair_if_due(f->catalog, NULL), 1);
         assert_int_equal(catalog_search_check(f->catalog), 0);
         expect(f, "title:blue", "Blue Train|Blue in Green");
+        exec_sql(f->db, DAMAGE);
+        assert_int_equal(catalog_search_repair_if_due(f->catalog, NULL), 0);    /* once */
+        assert_int_equal(catalog_search_check(f->catalog), -EBADMSG);
+}
+
+/* A check that was due when the catalog opened and has not run by a clean close (the daemon
+ * stopped first, or stopped it) is due at the next open too. */
+static void test_check_due_survives_close(void **state) {
+        Fixture *f = *state;
+        atomic_bool stop = true;
+        char marker[160];
+
+        snprintf(marker, sizeof marker, "%s.clean", f->db);
+        catalog_close(f->catalog);
+        f->catalog = NULL;
+        exec_sql(f->db, DAMAGE);
+        assert_int_equal(catalog_open(f->db, &f->catalog), 0);
+        assert_int_equal(catalog_search_repair_if_due(f->catalog, &stop), -ECANCELED);
+        catalog_close(f->catalog);
+        f->catalog = NULL;
+        assert_int_equal(access(marker, F_OK), -1);
+        assert_int_equal(catalog_open(f->db, &f->catalog), 0);
+        catalog_close(f->catalog);      /* never asked for: still due */
+        f->catalog = NULL;
+        assert_int_equal(access(marker, F_OK), -1);
+
+        /* a search while the check is due meets the damage itself: Busy, and a rebuild of its own */
+        assert_int_equal(catalog_open(f->db, &f->catalog), 0);
+        SearchResult *res = NULL;
+        size_t n = 0;
+        char *reason = NULL;
+        assert_int_equal(search_run(f->catalog, f->tree, "beyonce", 10, true, &res, &n, &reason), -EBUSY);
+        stop = false;
+        assert_in_range(catalog_search_repair_if_due(f->catalog, &stop), 0, 1);
+        wait_rebuilt(f);
+        expect(f, "beyonce", "Crazy in Love|Halo");
+        /* the search saw damage: never vouched for, checked again next time, and sound */
+        catalog_close(f->catalog);
+        f->catalog = NULL;
+        assert_int_equal(access(marker, F_OK), -1);
+        assert_int_equal(catalog_open(f->db, &f->catalog), 0);
+        assert_int_equal(catalog_search_repair_if_due(f->catalog, NULL), 0);
+        assert_int_equal(catalog_search_check(f->catalog), 0);
 }
 
 /* The search connection must not cost the clean-close marker: after a search and a close, no -wal
@@ -684,7 +734,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_index_follows_catalog, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unchanged_rows_cost_nothing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_index_rebuilt_at_search, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_corrupt_index_rebuilt_at_open, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_corrupt_index_rebuilt_when_due, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_check_due_survives_close, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_fills_index, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_close_after_search, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_crash_mid_batch, setup, teardown),
