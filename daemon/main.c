@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crash.h"
 #include "failpoint.h"
 #include "log.h"
 #include "manager.h"
@@ -200,6 +201,9 @@ int main(int argc, char *argv[]) {
         }
         /* A reader gone from a pipe or socket is an error to handle, not a reason to die. */
         (void) signal(SIGPIPE, SIG_IGN);
+        /* A crash in any thread ends the daemon; it must say where and how (COVERAGE 2.2). */
+        (void) crash_handler_install();
+        thread_set_name("musicfsd");
 
         _cleanup_(manager_args_free) ManagerArgs args;
         manager_args_init(&args);

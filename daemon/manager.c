@@ -29,6 +29,7 @@
 #include "bus-api.h"
 #include "bus-manager.h"
 #include "bus-origin.h"
+#include "crash.h"
 #include "failpoint.h"
 #include "log.h"
 #include "manager.h"
@@ -1774,6 +1775,7 @@ static void worker_sync_one(Manager *m, const SyncRequest *q) {
 
 static void *worker_main(void *userdata) {
         Manager *m = userdata;
+        thread_set_name("mfs-scan");
 
         /* After an unclean stop, the search index check that catalog_open() left for after the mount
          * (D6), before the first scan; a stop cuts it short. Logs its own outcome. */
@@ -2288,6 +2290,7 @@ static void *health_check_main(void *userdata) {
         HealthCheck *c = userdata;
         HealthQueue *q = c->queue;
         uint64_t t0 = now_usec();
+        thread_set_name("mfs-health");
 
         c->result = origin_check(c->origin);
         c->latency_usec = now_usec() - t0;
@@ -2740,6 +2743,7 @@ static _noreturn_ void manager_exit_now(Manager *m) {
 static void *stopper_main(void *userdata) {
         Manager *m = userdata;
         uint64_t t0 = now_usec();
+        thread_set_name("mfs-stop");
 
         /* The loop stopped calling it when m->stopping was set, before this thread started. */
         watcher_free(TAKE_PTR(m->watcher));

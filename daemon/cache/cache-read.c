@@ -24,6 +24,7 @@
 
 #include "cache-internal.h"
 #include "cdc.h"
+#include "crash.h"
 #include "failpoint.h"
 #include "log.h"
 #include "macro.h"
@@ -860,6 +861,7 @@ static void fill_thread_lower_priority(void) {
 
 static void *fill_thread(void *userdata) {
         CacheFills *f = userdata;
+        thread_set_name("mfs-fill");
 
         fill_thread_lower_priority();
 
@@ -906,7 +908,7 @@ int cache_fills_new(Cache *c, unsigned threads, CacheFills **ret) {
 
         /* Signals belong to the event loop's thread (DESIGN.md, Threading). */
         sigset_t all, old;
-        sigfillset(&all);
+        sigfillset_except_crash(&all);
         pthread_sigmask(SIG_BLOCK, &all, &old);
         int e = 0;
         for (unsigned i = 0; i < threads; i++) {

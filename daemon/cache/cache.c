@@ -25,6 +25,7 @@
 
 #include "cache-internal.h"
 #include "cdc.h"
+#include "crash.h"
 #include "failpoint.h"
 #include "log.h"
 #include "macro.h"
@@ -1027,6 +1028,7 @@ static uint64_t mono_usec(void) {
 static void *maintenance_thread(void *userdata) {
         Cache *c = userdata;
         uint64_t next = mono_usec() + (uint64_t) c->opts.maintenance_interval_sec * 1000000u;
+        thread_set_name("mfs-cache");
 
         pthread_mutex_lock(&c->lock);
         while (!c->stopping) {

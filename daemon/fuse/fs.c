@@ -38,6 +38,7 @@
 
 #include <fuse_lowlevel.h>
 
+#include "crash.h"
 #include "failpoint.h"
 #include "fs.h"
 #include "fs-search.h"
@@ -886,6 +887,7 @@ static void *worker_main(void *userdata) {
         FuseWorker *w = userdata;
         FuseFs *fs = w->fs;
         struct fuse_buf buf = {};
+        thread_set_name("mfs-fuse");
 
         for (;;) {
                 struct epoll_event ev[2];
@@ -980,7 +982,7 @@ int fusefs_start(FuseFs *fs) {
 
         /* Signals belong to the event loop's thread (sd-event needs them blocked everywhere else);
          * the workers inherit this mask. */
-        sigfillset(&all);
+        sigfillset_except_crash(&all);
         pthread_sigmask(SIG_BLOCK, &all, &saved);
         for (unsigned i = 0; i < fs->n_threads; i++) {
                 FuseWorker *w = &fs->workers[fs->n_workers];

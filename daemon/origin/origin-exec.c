@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "crash.h"
 #include "failpoint.h"
 #include "log.h"
 #include "macro.h"
@@ -152,6 +153,7 @@ static bool job_unref_locked(OriginJob *j) {
 
 static void *exec_worker(void *userdata) {
         OriginExec *e = userdata;
+        thread_set_name("mfs-origin");
         /* Reused across jobs: no allocation per read on the fast path. */
         void *buf = NULL;
         size_t buf_size = 0;

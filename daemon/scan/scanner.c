@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crash.h"
 #include "failpoint.h"
 #include "log.h"
 #include "macro.h"
@@ -328,6 +329,7 @@ static void read_job_run(ReadPool *p, ReadJob *j) {
 
 static void *reader_main(void *userdata) {
         ReadPool *p = userdata;
+        thread_set_name("mfs-tags");
 
         pthread_mutex_lock(&p->lock);
         for (;;) {

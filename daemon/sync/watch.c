@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "log.h"
 #include "macro.h"
 #include "tags.h"
@@ -699,6 +700,7 @@ static void *watcher_main(void *userdata) {
         Watcher *w = userdata;
         struct pollfd *fds = NULL;
         WatchedOrigin **polled = NULL;
+        thread_set_name("mfs-watch");
 
         for (;;) {
                 Command *commands;
@@ -822,7 +824,7 @@ int watcher_new(const WatcherOptions *opts, Watcher **ret) {
 
         /* Signals stay with the event loop's thread. */
         sigset_t all, old;
-        sigfillset(&all);
+        sigfillset_except_crash(&all);
         pthread_sigmask(SIG_BLOCK, &all, &old);
         r = -pthread_create(&w->thread, NULL, watcher_main, w);
         pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <limits.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +34,7 @@ int log_level_from_string(const char *s) {
 }
 
 /* stderr goes to the journal when JOURNAL_STREAM names its device and inode (systemd.exec(5)). */
-static int stderr_is_journal(void) {
+bool log_stderr_is_journal(void) {
         static atomic_int cached = -1;
         int v = atomic_load(&cached);
         if (v >= 0)
@@ -62,7 +63,7 @@ int log_internal(int level, int error, const char *func, const char *format, ...
                 va_start(ap, format);
                 vsnprintf(buf, sizeof buf, format, ap);
                 va_end(ap);
-                if (stderr_is_journal())
+                if (log_stderr_is_journal())
                         fprintf(stderr, "<%d>%s\n", level, buf);
                 else if (level == LOG_DEBUG)
                         fprintf(stderr, "musicfsd: %s: %s: %s\n", prefix[level & 7], func, buf);

@@ -3,6 +3,7 @@
 /* Logging to stderr, journald-friendly: "<N>" priority prefixes when stderr is the journal, a plain
  * "level: " prefix otherwise. The only state is the maximum level. log_*_errno() return -|err| so
  * that "return log_error_errno(r, ...)" reads naturally; "%m" in the format expands to strerror(err). */
+#include <stdbool.h>
 #include <syslog.h>
 
 #include "macro.h"
@@ -10,6 +11,8 @@
 void log_set_max_level(int level);
 int log_get_max_level(void);
 int log_level_from_string(const char *s);     /* "debug" -> LOG_DEBUG, -EINVAL when unknown */
+/* stderr is the journal (JOURNAL_STREAM names it): lines carry "<N>" priority prefixes. */
+bool log_stderr_is_journal(void);
 
 int log_internal(int level, int error, const char *func, const char *format, ...) _printf_(4, 5);
 

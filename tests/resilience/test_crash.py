@@ -4,11 +4,15 @@
 connected"); the next daemon on the same mountpoint and cache removes it and mounts at once, with the
 same tree and the same inode numbers (D4). Also a kill in the middle of a first scan (between two
 committed batches): the next start mounts what was committed and the scan completes the library.
-3.7: the unit's ExecStopPost= command removes the dead mount a SIGKILLed daemon left."""
+3.7: the unit's ExecStopPost= command removes the dead mount a SIGKILLed daemon left.
+2.2: a fatal signal in any thread is reported before the daemon dies of it: the signal, the thread's
+name and a backtrace at crit level; then the default action (core dump, exit by that signal), and
+the next start clears the mount as after any crash."""
 
 import errno
 import glob
 import os
+import re
 import shlex
 import subprocess
 import signal
@@ -89,6 +93,56 @@ class CrashTest(harness.MusicfsTestCase):
         self.assertEqual(rutil.read_file(d.path(slow)), rutil.read_file(self.files[slow]))
         self.assertEqual(glob.glob(os.path.join(d.cache_dir, 'catalog.db.corrupt-*')), [])
         self.assertDaemonStops(d)
+
+    def assertCrashReport(self, d, sig, thread):
+        log = d.log()
+        name = signal.Signals(sig).name
+        m = re.search(r'^musicfsd: crit: Crashed: %s(?: at address 0x[0-9a-f]+ \(code -?\d+\)| sent by pid %d)? in thread %s '
+                      r'\(tid \d+\); backtrace:$' % (name, os.getpid(), re.escape(thread)), log, re.M)
+        self.assertIsNotNone(m, 'no crash report for %s in thread %s:\n%s' % (name, thread, log[-3000:]))
+        report = log[m.end():]
+        end = report.find('musicfsd: crit: Raising %s again for a core dump' % name)
+        self.assertGreaterEqual(end, 0, 'the report does not end by re-raising the signal')
+        # backtrace_symbols_fd(): one "object(symbol+offset) [address]" line a frame, ours among them.
+        frames = [line for line in report[:end].splitlines() if line.strip()]
+        self.assertGreaterEqual(len(frames), 3, frames)
+        self.assertTrue(all(re.search(r'\[0x[0-9a-f]+\]$', f) for f in frames), frames)
+        self.assertTrue(any('musicfsd' in f for f in frames), 'no frame of the daemon itself: %s' % frames)
+
+    def restart_after_crash(self, d):
+        self.assertStale(d)
+        d.failpoints = None
+        d.start(timeout=10.0)
+        self.assertIn('stale mount', d.log())
+        self.assertEqual(int(d.bus_get('TrackCount')), len(self.files))
+        v = rutil.smallest(self.files)[0]
+        self.assertEqual(rutil.read_file(d.path(v)), rutil.read_file(self.files[v]))
+        self.assertDaemonStops(d)
+
+    def test_crash_report_worker_abort(self):
+        # The "panic" failpoint aborts in the FUSE worker serving the read.
+        d = self.daemon([self.lib])
+        d.wait_tracks(len(self.files))
+        rutil.wait_scan_done(d)
+        v = rutil.smallest(self.files)[0]
+        rutil.fp_arm(d, 'fuse-read', 'panic')
+        with self.assertRaises(OSError) as cm:
+            rutil.read_fresh(d.path(v))
+        self.assertIn(cm.exception.errno, rutil.DEAD_MOUNT_ERRNOS)
+        rc, _ = rutil.wait_exit(d, 30.0)
+        self.assertEqual(rc, -signal.SIGABRT, d.describe())
+        self.assertCrashReport(d, signal.SIGABRT, 'mfs-fuse')
+        self.restart_after_crash(d)
+
+    def test_crash_report_segv(self):
+        # A SIGSEGV sent by this test (a fault reaches the same handler and reports its address).
+        d = self.daemon([self.lib])
+        d.wait_tracks(len(self.files))
+        d.proc.send_signal(signal.SIGSEGV)
+        rc, _ = rutil.wait_exit(d, 30.0)
+        self.assertEqual(rc, -signal.SIGSEGV, d.describe())
+        self.assertCrashReport(d, signal.SIGSEGV, 'musicfsd')
+        self.restart_after_crash(d)
 
     def test_unit_stop_post_removes_dead_mount(self):
         # 3.7: when systemd sees the daemon die, the unit's ExecStopPost= lazily unmounts what it left.
