@@ -2947,11 +2947,61 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
         return 0;
 }
 
+/* 3.4: a connection the kernel aborted (echo 1 > /sys/fs/fuse/connections/N/abort, a FUSE protocol
+ * error) leaves a dead mount that answers ENOTCONN: the daemon mounts again in place, keeping its
+ * catalog, tree and cache; open files of the old mount stay dead and must be opened again. More
+ * than REMOUNT_MAX such losses in REMOUNT_WINDOW_USEC is a mount that keeps dying: stop for systemd.
+ * An unmount from outside (the mount is gone from the table) is someone's decision: stop. */
+#define REMOUNT_MAX 3u
+#define REMOUNT_WINDOW_USEC (60u * 1000u * 1000u)
+
+static int manager_remount(Manager *m) {
+        _cleanup_free_ char *path = strdup(m->mountpoint);
+        uint64_t now = now_usec();
+        FuseFs *fs;
+
+        if (!path)
+                return -ENOMEM;
+        if (now - m->remount_window_start > REMOUNT_WINDOW_USEC) {
+                m->remount_window_start = now;
+                m->remounts_in_window = 0;
+        }
+        if (++m->remounts_in_window > REMOUNT_MAX)
+                return log_error_errno(-ELOOP, "The FUSE connection of %s was lost %u times within %u s: %m",
+                                       path, m->remounts_in_window, REMOUNT_WINDOW_USEC / 1000000u);
+
+        m->fuse_source = sd_event_source_disable_unref(m->fuse_source);
+        pthread_mutex_lock(&m->fs_lock);
+        fs = TAKE_PTR(m->fs);
+        pthread_mutex_unlock(&m->fs_lock);
+        /* The workers saw the connection end and are gone; this detaches the dead mount. */
+        fusefs_stop(fs);
+        m->mountpoint = mfree_ptr(m->mountpoint);
+
+        int r = manager_mount(m, path);
+        if (r < 0)
+                return log_error_errno(r, "Cannot mount %s again: %m", path);
+        log_notice("Mounted %s again after the kernel aborted its FUSE connection (%u of %u remounts allowed "
+                   "within %u s); files open on the old mount must be opened again", path, m->remounts_in_window,
+                   REMOUNT_MAX, REMOUNT_WINDOW_USEC / 1000000u);
+        return 0;
+}
+
 static int on_fuse_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Manager *m = userdata;
 
-        log_error("The mount at %s went away (unmounted from outside?); stopping", strna(m->mountpoint));
-        manager_begin_stop(m, 1);
+        if (m->stopping)
+                return 0;
+        if (!fusefs_mount_present(m->fs)) {
+                log_error("The mount at %s went away (unmounted from outside?); stopping", strna(m->mountpoint));
+                manager_begin_stop(m, 1);
+                return 0;
+        }
+        log_warning("The FUSE connection of %s was aborted; mounting again", strna(m->mountpoint));
+        if (manager_remount(m) < 0) {
+                log_error("Stopping: %s stays unmounted", strna(m->mountpoint));
+                manager_begin_stop(m, 1);
+        }
         return 0;
 }
 

@@ -157,6 +157,10 @@ struct Manager {
         sd_event_source *signal_sources[3];
         sd_event_source *watchdog_source;
         sd_event_source *fuse_source;
+        /* 3.4: in-process remounts after the kernel aborted the connection, counted per window so
+         * that a mount that keeps dying stops the daemon instead of looping. CLOCK_MONOTONIC µs. */
+        uint64_t remount_window_start;
+        unsigned remounts_in_window;
         sd_event_source *worker_source;
         sd_event_source *stop_source;
         sd_event_source *stop_deadline_source;

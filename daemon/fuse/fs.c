@@ -1382,6 +1382,14 @@ static bool mount_is_dead(const char *path) {
         return statvfs(path, &sv) < 0 && errno == ENOTCONN;
 }
 
+bool fusefs_mount_present(FuseFs *fs) {
+        _cleanup_free_ char *canon = NULL, *fstype = NULL;
+
+        if (!fs || canonical_mountpoint(fs->mountpoint, &canon) < 0)
+                return false;
+        return find_fuse_mount(canon, &fstype) > 0 && streq(fstype, "fuse.musicfs");
+}
+
 int fusefs_cleanup_stale_mount(const char *path) {
         _cleanup_free_ char *canon = NULL;
         int cleaned = 0, r;

@@ -45,6 +45,9 @@ bool fusefs_alive(FuseFs *fs, uint64_t max_busy_usec);
 bool fusefs_connection_lost(FuseFs *fs);
 /* An fd that becomes readable when the connection is lost (for the event loop). */
 int fusefs_event_fd(FuseFs *fs);
+/* Whether this mount is still in the mount table at its mountpoint: after the kernel aborted the
+ * connection it is (dead, answering ENOTCONN), after an unmount from outside it is not. */
+bool fusefs_mount_present(FuseFs *fs);
 /* Stops workers after their current request, unmounts, frees. NULL is fine. */
 void fusefs_stop(FuseFs *fs);
 
