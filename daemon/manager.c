@@ -2949,26 +2949,69 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
 
 /* 3.4: a connection the kernel aborted (echo 1 > /sys/fs/fuse/connections/N/abort, a FUSE protocol
  * error) leaves a dead mount that answers ENOTCONN: the daemon mounts again in place, keeping its
- * catalog, tree and cache; open files of the old mount stay dead and must be opened again. More
- * than REMOUNT_MAX such losses in REMOUNT_WINDOW_USEC is a mount that keeps dying: stop for systemd.
- * An unmount from outside (the mount is gone from the table) is someone's decision: stop. */
+ * catalog, tree and cache; open files of the old mount stay dead and must be opened again. A mount
+ * that fails is tried again after 1 s, 5 s and 15 s, then the daemon stops for systemd. More than
+ * REMOUNT_MAX losses in REMOUNT_WINDOW_USEC is a mount that keeps dying: stop. An unmount from
+ * outside (the mount is gone from the table) is someone's decision: stop. */
 #define REMOUNT_MAX 3u
 #define REMOUNT_WINDOW_USEC (60u * 1000u * 1000u)
+static const unsigned remount_backoff_sec[] = { 1, 5, 15 };
 
+static void manager_try_remount(Manager *m);
+
+static int on_remount_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        manager_try_remount(userdata);
+        return 0;
+}
+
+static void manager_try_remount(Manager *m) {
+        int r;
+
+        if (m->stopping || !m->remount_path)
+                return;
+        r = manager_mount(m, m->remount_path);
+        if (r >= 0) {
+                log_notice("Mounted %s again after the kernel aborted its FUSE connection (%u of %u remounts "
+                           "allowed within %u s); files open on the old mount must be opened again", m->remount_path,
+                           m->remounts_in_window, REMOUNT_MAX, REMOUNT_WINDOW_USEC / 1000000u);
+                m->remount_path = mfree_ptr(m->remount_path);
+                m->remount_attempt = 0;
+                return;
+        }
+        if (m->remount_attempt >= ELEMENTSOF(remount_backoff_sec)) {
+                log_error_errno(r, "Cannot mount %s again after %u tries, stopping: %m", m->remount_path,
+                                m->remount_attempt + 1);
+                manager_begin_stop(m, 1);
+                return;
+        }
+        unsigned sec = remount_backoff_sec[m->remount_attempt++];
+        log_warning_errno(r, "Cannot mount %s again: %m; next try in %u s", m->remount_path, sec);
+        uint64_t usec = (uint64_t) sec * 1000000u;
+        if (m->remount_source)
+                r = sd_event_source_set_time_relative(m->remount_source, usec);
+        else
+                r = sd_event_add_time_relative(m->event, &m->remount_source, CLOCK_MONOTONIC, usec, 0,
+                                               on_remount_timer, m);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->remount_source, SD_EVENT_ONESHOT);
+        if (r < 0) {
+                log_error_errno(r, "Cannot schedule the next mount of %s, stopping: %m", m->remount_path);
+                manager_begin_stop(m, 1);
+        }
+}
+
+/* Detaches the dead mount and mounts again (now, or by the backoff). -ELOOP when it keeps dying. */
 static int manager_remount(Manager *m) {
-        _cleanup_free_ char *path = strdup(m->mountpoint);
         uint64_t now = now_usec();
         FuseFs *fs;
 
-        if (!path)
-                return -ENOMEM;
         if (now - m->remount_window_start > REMOUNT_WINDOW_USEC) {
                 m->remount_window_start = now;
                 m->remounts_in_window = 0;
         }
         if (++m->remounts_in_window > REMOUNT_MAX)
                 return log_error_errno(-ELOOP, "The FUSE connection of %s was lost %u times within %u s: %m",
-                                       path, m->remounts_in_window, REMOUNT_WINDOW_USEC / 1000000u);
+                                       m->mountpoint, m->remounts_in_window, REMOUNT_WINDOW_USEC / 1000000u);
 
         m->fuse_source = sd_event_source_disable_unref(m->fuse_source);
         pthread_mutex_lock(&m->fs_lock);
@@ -2976,14 +3019,11 @@ static int manager_remount(Manager *m) {
         pthread_mutex_unlock(&m->fs_lock);
         /* The workers saw the connection end and are gone; this detaches the dead mount. */
         fusefs_stop(fs);
-        m->mountpoint = mfree_ptr(m->mountpoint);
-
-        int r = manager_mount(m, path);
-        if (r < 0)
-                return log_error_errno(r, "Cannot mount %s again: %m", path);
-        log_notice("Mounted %s again after the kernel aborted its FUSE connection (%u of %u remounts allowed "
-                   "within %u s); files open on the old mount must be opened again", path, m->remounts_in_window,
-                   REMOUNT_MAX, REMOUNT_WINDOW_USEC / 1000000u);
+        free(m->remount_path);
+        m->remount_path = TAKE_PTR(m->mountpoint);
+        bus_manager_emit_changed(m, "MountPoint");
+        m->remount_attempt = 0;
+        manager_try_remount(m);
         return 0;
 }
 
@@ -3344,6 +3384,7 @@ void manager_free(Manager *m) {
                 sd_event_source_disable_unref(m->signal_sources[i]);
         sd_event_source_disable_unref(m->watchdog_source);
         sd_event_source_disable_unref(m->fuse_source);
+        sd_event_source_disable_unref(m->remount_source);
         sd_event_source_disable_unref(m->worker_source);
         sd_event_source_disable_unref(m->stop_source);
         sd_event_source_disable_unref(m->stop_deadline_source);
@@ -3390,6 +3431,7 @@ void manager_free(Manager *m) {
         free(m->status);
         free(m->bus_address);
         free(m->mountpoint);
+        free(m->remount_path);
         free(m->progress_origin);
         free(m->emitted_origin);
         free(m->counts);

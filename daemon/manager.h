@@ -161,6 +161,9 @@ struct Manager {
          * that a mount that keeps dying stops the daemon instead of looping. CLOCK_MONOTONIC µs. */
         uint64_t remount_window_start;
         unsigned remounts_in_window;
+        char *remount_path;             /* the mountpoint while a remount is pending; NULL otherwise */
+        unsigned remount_attempt;       /* failed tries of the pending remount (backoff 1, 5, 15 s) */
+        sd_event_source *remount_source;
         sd_event_source *worker_source;
         sd_event_source *stop_source;
         sd_event_source *stop_deadline_source;

@@ -3,7 +3,8 @@
 """3.4 (COVERAGE.md): FUSE session recovery. When the kernel aborts the connection (fusectl's abort,
 which is what a FUSE protocol failure does too), the daemon mounts again in place without a restart:
 same tree, same inode numbers (D4), bytes exact, the cache and catalog kept; a handle opened on the
-old mount fails (ENOTCONN) and a new open works. A mount that keeps dying (more than 3 aborts within
+old mount fails (ENOTCONN) and a new open works. A remount that fails is tried again after 1 s, 5 s
+and 15 s (here: the mountpoint directory was not empty under the dead mount). A mount that keeps dying (more than 3 aborts within
 60 s) stops the daemon with exit 1 for systemd, and an unmount from outside is taken as a decision:
 the daemon stops (exit 1) rather than fight it."""
 
@@ -86,6 +87,30 @@ class FuseRecoveryTest(harness.MusicfsTestCase):
         finally:
             os.close(old)
         rutil.wait_state(d, 'ready', 10)
+        self.assertDaemonStops(d)
+
+    def test_failed_remount_retried(self):
+        # The directory under the mount is reached through a bind mount of its parent (which does not
+        # carry the FUSE mount): a file there makes the remount fail until it is removed.
+        d = self.started()
+        parent, name = os.path.split(d.mountpoint)
+        view = tempfile.mkdtemp(prefix='musicfs-under-')
+        self.addCleanup(os.rmdir, view)
+        subprocess.run(['mount', '--bind', parent, view], check=True)
+        self.addCleanup(subprocess.run, ['umount', '-l', view])
+        blocker = os.path.join(view, name, 'blocker')
+        with open(blocker, 'w') as f:
+            f.write('not empty')
+        self.abort(d)
+        rutil.wait_log(d, r'Cannot mount \S+ again: .*; next try in 1 s', 20)
+        self.assertTrue(d.running())
+        self.assertEqual(str(d.bus_get('MountPoint')), '', 'MountPoint while unmounted')
+        os.unlink(blocker)
+        rutil.wait_log(d, REMOUNTED, 20)
+        self.assertEqual(str(d.bus_get('MountPoint')), d.mountpoint)
+        v = rutil.smallest(self.files)[0]
+        self.assertEqual(rutil.read_fresh(d.path(v)), rutil.read_file(self.files[v]))
+        self.assertNotIn('next try in 5 s', d.log())
         self.assertDaemonStops(d)
 
     def test_abort_loop_stops(self):
