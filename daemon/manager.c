@@ -1655,6 +1655,10 @@ static void worker_finished(Manager *m, const Origin *o, int result, const ScanS
                 free(f.name);
                 log_error_errno(ENOMEM, "Out of memory; no ScanFinished for %s", o->name);
         }
+        /* The rebuild before this woke the loop already, which may have looked before the entry was
+         * there: without a wake of its own, the last sync of a burst was announced only by whatever
+         * woke the loop next (test_signal_storm). */
+        worker_notify(m);
 }
 
 static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
