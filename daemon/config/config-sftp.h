@@ -9,7 +9,7 @@
  *   known_hosts = /etc/musicfs/known_hosts   (default: ~/.ssh/known_hosts of the daemon's user; the
  *                 system service has no useful home: give it /etc/musicfs/known_hosts)
  *   host_key_fingerprint = SHA256:...   (accepts a host known_hosts lacks; as ssh-keygen -lf prints)
- *   pool_size = 16  (sessions, 1..64)   keepalive = 30   (seconds, 1..3600)
+ *   pool_size = 16  (SSH connections, 1..64; each carries up to 4 SFTP sessions)   keepalive = 30   (seconds, 1..3600)
  *   timeout = 30    (seconds per operation, retries included; parsed with the s3 keys, see
  *                    config-s3.h, and shared: OriginS3Config.timeout_sec) */
 #include <stdbool.h>

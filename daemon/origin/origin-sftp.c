@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The SFTP origin (DESIGN.md D10): a directory on an SSH server, read through libssh2.
  *
- * Owns: a small pool of SSH sessions per origin (each operation borrows one; a session that broke
- * is dropped and a new one made on the next borrow), host key verification against known_hosts (or
+ * Owns: a small pool of SSH connections per origin, each carrying up to SFTP_CHANNELS SFTP sessions
+ * (each operation borrows one; a session that broke is dropped with its connection and a new one
+ * made on the next borrow), host key verification against known_hosts (or
  * a pinned SHA-256 fingerprint), key authentication (agent or key file), keepalives, the per-file
  * read-ahead buffer, and the timeout/retry policy: every operation has one deadline (timeout_sec,
  * retries included); connection errors are retried after 100 ms, 500 ms and 2 s on a fresh session,
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,9 +46,12 @@
 #include "origin-internal.h"
 
 #define SFTP_POOL_MAX 64
+#define SFTP_CHANNELS 4                 /* SFTP channels (sessions) per SSH connection */
+#define SFTP_SESSIONS_MAX (SFTP_POOL_MAX * SFTP_CHANNELS)
 #define SFTP_HANDLE_SLOTS 8             /* open remote handles kept per session */
 #define SFTP_CLOSING_MAX 32             /* handles whose CLOSE is sent and its answer not yet read */
 #define SFTP_CONNECTING_MAX 8           /* sessions being set up at once: below sshd's MaxStartups (10 by default) */
+#define SFTP_CONNECTING_SPARE 2         /* of those, never taken by sessions connected ahead of need */
 #define SFTP_READAHEAD (128 * 1024)     /* what a small read fetches: the tag parser's many small reads cost one */
 #define SFTP_STREAM_MIN (512 * 1024)    /* a read this large is a stream's (a fill reads 1 MiB at a time) */
 #define SFTP_STREAM_AHEAD (2 * 1024 * 1024)     /* kept in flight by a stream: OpenSSH sftp's 64 x 32 KiB */
@@ -63,6 +68,10 @@ static usec_t now_usec(void) {
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (usec_t) ts.tv_sec * USEC_PER_SEC + (usec_t) ts.tv_nsec / 1000;
 }
+
+/* A session connected ahead of need logs why it failed at debug level only: the operation that
+ * then connects a session of its own fails the same way and says so, once. */
+#define session_log_errno(s, level, error, ...) log_full_errno((s)->quiet ? LOG_DEBUG : (level), (error), __VA_ARGS__)
 
 /* What a file's handles are keyed by: it outlives the SftpFile while sessions still hold a handle. */
 typedef struct FileKey {
@@ -88,12 +97,41 @@ typedef struct HandleSlot {
         usec_t last_used;
 } HandleSlot;
 
-typedef struct SftpSession {
+/* One SSH connection, carrying up to SFTP_CHANNELS SFTP channels. A handshake costs some ten round
+ * trips and a server process; another channel on a connection that is up costs three and no key
+ * exchange, so concurrent operations share connections. libssh2 is not thread-safe per session:
+ * every call on the connection or on one of its channels holds lock, and no thread waits while
+ * holding it. A call may read another channel's answer off the socket into libssh2's buffers; the
+ * receive callback then wakes that channel's waiter (its eventfd), which would otherwise poll a
+ * quiet socket. */
+typedef struct SftpConn {
         int fd;
         LIBSSH2_SESSION *ssh;
+        pthread_mutex_t lock;
+        atomic_bool broken;     /* the transport failed: no channel on it is used again */
+        unsigned current;       /* the channel whose call holds lock */
+        int wake[SFTP_CHANNELS];        /* each channel's eventfd, -1 for a free slot; under lock */
+        bool woken[SFTP_CHANNELS];      /* written to and not drained yet; under lock */
+        /* Under the origin's lock: */
+        unsigned n_channels;    /* channels on it, being opened included: the last one frees it */
+        unsigned n_borrowed;
+        bool adding;            /* a channel being opened (libssh2 opens one at a time per connection) */
+        bool full;              /* the server refused a channel on it: no more are asked for */
+        usec_t last_active;     /* a channel of it was borrowed or returned */
+} SftpConn;
+
+/* One SFTP channel, what an operation borrows from the pool. */
+typedef struct SftpSession {
+        SftpConn *conn;
+        int fd;                 /* conn's, for brevity */
+        LIBSSH2_SESSION *ssh;   /* conn's */
+        unsigned slot;          /* in conn->wake */
+        int wake_fd;
         LIBSSH2_SFTP *sftp;
         bool broken;            /* the transport failed or an operation was cut off mid-way */
+        bool quiet;             /* connected ahead of need: its failures are the next borrower's to report */
         int wait_error;         /* why the last wait ended, a negative errno, 0 if it did not fail */
+        int last_rc;            /* libssh2's error code of the last SSH_CALL_PTR() that failed */
         usec_t idle_since;
         HandleSlot slots[SFTP_HANDLE_SLOTS];
         /* CLOSEs sent whose answers are read on the session's next use: a close costs no round
@@ -111,9 +149,12 @@ typedef struct SftpOrigin {
 
         pthread_mutex_t lock;
         pthread_cond_t cond;
-        SftpSession *idle[SFTP_POOL_MAX];
+        SftpSession *idle[SFTP_SESSIONS_MAX];
         unsigned n_idle;
-        unsigned n_sessions;    /* idle, borrowed, or being connected */
+        unsigned n_sessions;    /* channels: idle, borrowed, or being opened */
+        SftpConn *conns[SFTP_POOL_MAX]; /* connections that are up */
+        unsigned n_conns_up;
+        unsigned n_conns;       /* up or being connected: at most pool_size */
         unsigned n_connecting;  /* being connected: at most SFTP_CONNECTING_MAX */
 } SftpOrigin;
 
@@ -139,24 +180,60 @@ static void libssh2_init_once(void) {
 
 /* ---- waiting on a non-blocking session ------------------------------------------------------ */
 
-/* Waits until the socket is ready the way libssh2 wants it, or the deadline passes. */
-static int session_wait(SftpSession *s, usec_t deadline) {
+/* Takes the connection for one libssh2 call on s (or a few that belong together), and drains the
+ * wakeups meant for s: the call sees whatever they announced. */
+static void session_lock(SftpSession *s) {
+        SftpConn *c = s->conn;
+        pthread_mutex_lock(&c->lock);
+        c->current = s->slot;
+        if (c->woken[s->slot]) {
+                eventfd_t v;
+                (void) eventfd_read(s->wake_fd, &v);
+                c->woken[s->slot] = false;
+        }
+}
+
+/* Lets the connection go and says which way the call that said EAGAIN waits (libssh2 keeps one
+ * answer per connection, so it is read before another channel's call changes it). */
+static int session_unlock(SftpSession *s) {
         int dirs = libssh2_session_block_directions(s->ssh);
-        struct pollfd p = { .fd = s->fd };
+        pthread_mutex_unlock(&s->conn->lock);
+        return dirs;
+}
+
+/* libssh2's reads from the socket, on whichever channel's call: data may be another channel's. */
+static LIBSSH2_RECV_FUNC(conn_recv) {
+        SftpConn *c = *abstract;
+        ssize_t n = recv(socket, buffer, length, flags);
+        int err = n < 0 ? errno : 0;
+
+        if (err != EAGAIN && err != EWOULDBLOCK)
+                for (unsigned i = 0; i < SFTP_CHANNELS; i++)
+                        if (i != c->current && c->wake[i] >= 0 && !c->woken[i]) {
+                                c->woken[i] = true;
+                                (void) eventfd_write(c->wake[i], 1);
+                        }
+        return n < 0 ? -err : n;
+}
+
+/* Waits until the socket is ready the way libssh2 wants it (dirs, from session_unlock()), another
+ * channel's call read something for s, or the deadline passes. */
+static int session_wait(SftpSession *s, int dirs, usec_t deadline) {
+        struct pollfd p[2] = { { .fd = s->fd }, { .fd = s->wake_fd, .events = POLLIN } };
 
         if (dirs & LIBSSH2_SESSION_BLOCK_INBOUND)
-                p.events |= POLLIN;
+                p[0].events |= POLLIN;
         if (dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND)
-                p.events |= POLLOUT;
-        if (p.events == 0)
-                p.events = POLLIN;
+                p[0].events |= POLLOUT;
+        if (p[0].events == 0)
+                p[0].events = POLLIN;
 
         for (;;) {
                 usec_t n = now_usec();
                 if (n >= deadline)
                         return (s->wait_error = -ETIMEDOUT);
                 int ms = (int) MIN((deadline - n + 999) / 1000, (usec_t) INT_MAX);
-                int k = poll(&p, 1, ms);
+                int k = poll(p, s->wake_fd >= 0 ? 2 : 1, ms);
                 if (k > 0)
                         return 0;       /* also POLLHUP/POLLERR: libssh2 reads the error itself */
                 if (k == 0)
@@ -171,26 +248,33 @@ static int session_wait(SftpSession *s, usec_t deadline) {
         do {                                                                             \
                 (s)->wait_error = 0;                                                     \
                 for (;;) {                                                               \
+                        session_lock(s);                                                 \
                         (rc) = (expr);                                                   \
+                        int dirs_ = session_unlock(s);                                   \
                         if ((rc) != LIBSSH2_ERROR_EAGAIN)                                \
                                 break;                                                   \
-                        if (session_wait((s), (deadline)) < 0) {                         \
+                        if (session_wait((s), dirs_, (deadline)) < 0) {                  \
                                 (rc) = LIBSSH2_ERROR_TIMEOUT;                            \
                                 break;                                                   \
                         }                                                                \
                 }                                                                        \
         } while (0)
 
-/* The same for a call that returns a pointer, NULL on failure. */
+/* The same for a call that returns a pointer, NULL on failure (why: (s)->last_rc). */
 #define SSH_CALL_PTR(s, deadline, ptr, expr)                                             \
         do {                                                                             \
                 (s)->wait_error = 0;                                                     \
                 for (;;) {                                                               \
+                        session_lock(s);                                                 \
                         (ptr) = (expr);                                                  \
-                        if ((ptr) || libssh2_session_last_errno((s)->ssh) != LIBSSH2_ERROR_EAGAIN) \
+                        (s)->last_rc = (ptr) ? 0 : libssh2_session_last_errno((s)->ssh); \
+                        int dirs_ = session_unlock(s);                                   \
+                        if ((ptr) || (s)->last_rc != LIBSSH2_ERROR_EAGAIN)               \
                                 break;                                                   \
-                        if (session_wait((s), (deadline)) < 0)                           \
+                        if (session_wait((s), dirs_, (deadline)) < 0) {                  \
+                                (s)->last_rc = LIBSSH2_ERROR_TIMEOUT;                    \
                                 break;                                                   \
+                        }                                                                \
                 }                                                                        \
         } while (0)
 
@@ -222,52 +306,83 @@ static int session_error(SftpSession *s, int rc, const char *what) {
         if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL && s->sftp)
                 return sftp_status_to_errno(libssh2_sftp_last_error(s->sftp));
 
+        /* The other channels on the connection are no better off: they go too. */
         s->broken = true;
+        atomic_store(&s->conn->broken, true);
         if (s->wait_error < 0) {
                 log_debug_errno(s->wait_error, "SFTP %s: %m", what);
                 return s->wait_error;
         }
         char *msg = NULL;
+        session_lock(s);        /* the message is the connection's, replaced by its next error */
         libssh2_session_last_error(s->ssh, &msg, NULL, 0);
         log_debug("SFTP %s failed: %s (libssh2 error %d)", what, strna(msg), rc);
+        (void) session_unlock(s);
         return rc == LIBSSH2_ERROR_TIMEOUT ? -ETIMEDOUT : -ECONNRESET;
 }
 
 /* ---- sessions ---------------------------------------------------------------------------------- */
 
-static void session_free(SftpSession *s) {
-        if (!s)
+static void conn_free(SftpConn *c) {
+        if (!c)
                 return;
-        if (s->ssh) {
-                if (s->broken) {
+        if (c->ssh) {
+                if (atomic_load(&c->broken) && c->fd >= 0)
                         /* Nothing more will be said on this connection: every write below fails at
                          * once instead of waiting on a dead peer. */
-                        if (s->fd >= 0)
-                                (void) shutdown(s->fd, SHUT_RDWR);
-                        s->sftp = NULL; /* freed with the session */
-                }
-                /* Blocking with a short timeout: the goodbyes of a healthy session are best effort. */
-                libssh2_session_set_timeout(s->ssh, 1000);
-                libssh2_session_set_blocking(s->ssh, 1);
-                for (size_t i = 0; i < SFTP_HANDLE_SLOTS; i++) {
-                        if (s->slots[i].handle && !s->broken)
-                                libssh2_sftp_close_handle(s->slots[i].handle);
-                        file_key_unref(s->slots[i].key);
-                }
-                for (unsigned i = 0; i < s->n_closing && !s->broken; i++)
-                        libssh2_sftp_close_handle(s->closing[i]);
-                if (s->sftp)
-                        libssh2_sftp_shutdown(s->sftp);
-                if (!s->broken)
-                        libssh2_session_disconnect(s->ssh, "bye");
-                libssh2_session_free(s->ssh);
+                        (void) shutdown(c->fd, SHUT_RDWR);
+                /* Blocking with a short timeout: the goodbyes of a healthy connection are best effort. */
+                libssh2_session_set_timeout(c->ssh, 1000);
+                libssh2_session_set_blocking(c->ssh, 1);
+                if (!atomic_load(&c->broken))
+                        libssh2_session_disconnect(c->ssh, "bye");
+                libssh2_session_free(c->ssh);   /* and whatever channels are left on it */
         }
-        if (s->fd >= 0)
-                close(s->fd);
+        if (c->fd >= 0)
+                close(c->fd);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+}
+
+/* The channel's end, on the connection only (the pool's accounting is the caller's). A healthy
+ * channel is closed politely: that happens only when nobody uses its connection (the origin's end),
+ * so the blocking calls hold nobody up. A broken one breaks its connection: its other channels
+ * fail at once instead of waiting out their deadlines on a dead peer. */
+static void session_close_channel(SftpSession *s) {
+        SftpConn *c = s->conn;
+        bool broken = s->broken || atomic_load(&c->broken);
+
+        pthread_mutex_lock(&c->lock);
+        if (broken) {
+                atomic_store(&c->broken, true);
+                if (c->fd >= 0)
+                        (void) shutdown(c->fd, SHUT_RDWR);
+        } else if (s->sftp) {
+                libssh2_session_set_timeout(c->ssh, 1000);
+                libssh2_session_set_blocking(c->ssh, 1);
+                for (size_t i = 0; i < SFTP_HANDLE_SLOTS; i++)
+                        if (s->slots[i].handle)
+                                libssh2_sftp_close_handle(s->slots[i].handle);
+                for (unsigned i = 0; i < s->n_closing; i++)
+                        libssh2_sftp_close_handle(s->closing[i]);
+                libssh2_sftp_shutdown(s->sftp);
+                libssh2_session_set_blocking(c->ssh, 0);
+                libssh2_session_set_timeout(c->ssh, 0);
+        }
+        /* A broken channel's libssh2 state is freed with the connection's. */
+        s->sftp = NULL;
+        c->wake[s->slot] = -1;
+        c->woken[s->slot] = false;
+        pthread_mutex_unlock(&c->lock);
+
+        for (size_t i = 0; i < SFTP_HANDLE_SLOTS; i++)
+                file_key_unref(s->slots[i].key);
+        if (s->wake_fd >= 0)
+                close(s->wake_fd);
         free(s);
 }
 
-static int tcp_connect(SftpOrigin *so, usec_t deadline, int *ret_fd) {
+static int tcp_connect(SftpOrigin *so, SftpSession *s, usec_t deadline, int *ret_fd) {
         char port[8];
         struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
         int r;
@@ -276,7 +391,8 @@ static int tcp_connect(SftpOrigin *so, usec_t deadline, int *ret_fd) {
         /* getaddrinfo() has no deadline of its own; names are normally local or cached. */
         r = getaddrinfo(so->host, port, &hints, &ai);
         if (r != 0) {
-                log_warning("SFTP origin %s: cannot resolve %s: %s", so->base.name, so->host, gai_strerror(r));
+                session_log_errno(s, LOG_WARNING, 0, "SFTP origin %s: cannot resolve %s: %s", so->base.name, so->host,
+                                  gai_strerror(r));
                 return r == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
         }
 
@@ -364,10 +480,10 @@ static int session_verify_host(SftpOrigin *so, SftpSession *s) {
         int r;
 
         if (!key)
-                return log_error_errno(EIO, "SFTP origin %s: the server sent no host key", so->base.name);
+                return session_log_errno(s, LOG_ERR, EIO, "SFTP origin %s: the server sent no host key", so->base.name);
         r = hostkey_fingerprint(s->ssh, fp, sizeof fp);
         if (r < 0)
-                return log_error_errno(r, "SFTP origin %s: cannot hash the host key: %m", so->base.name);
+                return session_log_errno(s, LOG_ERR, r, "SFTP origin %s: cannot hash the host key: %m", so->base.name);
 
         int check = LIBSSH2_KNOWNHOST_CHECK_NOTFOUND;
         LIBSSH2_KNOWNHOSTS *kh = libssh2_knownhost_init(s->ssh);
@@ -376,7 +492,7 @@ static int session_verify_host(SftpOrigin *so, SftpSession *s) {
         if (so->known_hosts && access(so->known_hosts, F_OK) == 0) {
                 if (libssh2_knownhost_readfile(kh, so->known_hosts, LIBSSH2_KNOWNHOST_FILE_OPENSSH) < 0) {
                         libssh2_knownhost_free(kh);
-                        return log_error_errno(EPERM, "SFTP origin %s: cannot read known_hosts file %s; refusing to connect",
+                        return session_log_errno(s, LOG_ERR, EPERM, "SFTP origin %s: cannot read known_hosts file %s; refusing to connect",
                                                so->base.name, so->known_hosts);
                 }
                 struct libssh2_knownhost *entry = NULL;
@@ -387,22 +503,22 @@ static int session_verify_host(SftpOrigin *so, SftpSession *s) {
         libssh2_knownhost_free(kh);
 
         if (so->fingerprint && !fingerprint_equal(so->fingerprint, fp))
-                return log_error_errno(EPERM, "SFTP origin %s: host key of %s:%u has fingerprint %s, not the pinned %s; refusing to connect",
+                return session_log_errno(s, LOG_ERR, EPERM, "SFTP origin %s: host key of %s:%u has fingerprint %s, not the pinned %s; refusing to connect",
                                        so->base.name, so->host, so->port, fp, so->fingerprint);
 
         switch (check) {
         case LIBSSH2_KNOWNHOST_CHECK_MATCH:
                 return 0;
         case LIBSSH2_KNOWNHOST_CHECK_MISMATCH:
-                return log_error_errno(EPERM, "SFTP origin %s: HOST KEY MISMATCH for %s:%u (offered %s) against %s: someone may be intercepting the connection, or the key changed; refusing to connect",
+                return session_log_errno(s, LOG_ERR, EPERM, "SFTP origin %s: HOST KEY MISMATCH for %s:%u (offered %s) against %s: someone may be intercepting the connection, or the key changed; refusing to connect",
                                        so->base.name, so->host, so->port, fp, strna(so->known_hosts));
         case LIBSSH2_KNOWNHOST_CHECK_NOTFOUND:
                 if (so->fingerprint)
                         return 0;       /* pinned and equal, checked above */
-                return log_error_errno(EPERM, "SFTP origin %s: host %s:%u (key %s) is not in %s and no host_key_fingerprint is pinned; refusing to connect",
+                return session_log_errno(s, LOG_ERR, EPERM, "SFTP origin %s: host %s:%u (key %s) is not in %s and no host_key_fingerprint is pinned; refusing to connect",
                                        so->base.name, so->host, so->port, fp, strna(so->known_hosts));
         default:
-                return log_error_errno(EPERM, "SFTP origin %s: cannot check the host key of %s:%u against %s; refusing to connect",
+                return session_log_errno(s, LOG_ERR, EPERM, "SFTP origin %s: cannot check the host key of %s:%u against %s; refusing to connect",
                                        so->base.name, so->host, so->port, strna(so->known_hosts));
         }
 }
@@ -476,7 +592,7 @@ static int session_auth(SftpOrigin *so, SftpSession *s, usec_t deadline) {
                 if (r == 0 || s->broken)
                         return r;
                 if (r != -EACCES)
-                        log_warning_errno(r, "SFTP origin %s: cannot read identity file %s: %m", so->base.name,
+                        session_log_errno(s, LOG_WARNING, r, "SFTP origin %s: cannot read identity file %s: %m", so->base.name,
                                           so->identity_file);
         } else
                 for (char **k = so->default_identities; k && *k; k++) {
@@ -485,30 +601,75 @@ static int session_auth(SftpOrigin *so, SftpSession *s, usec_t deadline) {
                                 return r;
                 }
 
-        return log_error_errno(EACCES, "SFTP origin %s: %s@%s:%u refused every key we offered; check identity_file/agent and the server's authorized_keys",
+        return session_log_errno(s, LOG_ERR, EACCES, "SFTP origin %s: %s@%s:%u refused every key we offered; check identity_file/agent and the server's authorized_keys",
                                so->base.name, so->user, so->host, so->port);
 }
 
-/* Connects, checks the host, authenticates and starts SFTP, all before the deadline. */
-static int session_new(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
+static int session_alloc(SftpConn *c, SftpSession **ret) {
         SftpSession *s = calloc(1, sizeof *s);
-        int r, rc;
-
         if (!s)
                 return -ENOMEM;
-        s->fd = -EBADF;
+        s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (s->wake_fd < 0) {
+                int r = -errno;
+                free(s);
+                return r;
+        }
+        s->conn = c;
+        s->fd = c->fd;
+        s->ssh = c->ssh;
+        pthread_mutex_lock(&c->lock);
+        for (s->slot = 0; s->slot < SFTP_CHANNELS - 1 && c->wake[s->slot] >= 0; s->slot++)
+                ;
+        c->wake[s->slot] = s->wake_fd;  /* the pool never asks for more than SFTP_CHANNELS */
+        pthread_mutex_unlock(&c->lock);
+        *ret = s;
+        return 0;
+}
 
-        r = tcp_connect(so, deadline, &s->fd);
+/* Starts SFTP on a new channel of s's connection, before the deadline. */
+static int session_start_sftp(SftpSession *s, usec_t deadline) {
+        SSH_CALL_PTR(s, deadline, s->sftp, libssh2_sftp_init(s->ssh));
+        if (!s->sftp)
+                return session_error(s, s->last_rc, "subsystem start");
+        s->idle_since = now_usec();
+        return 0;
+}
+
+/* Connects, checks the host, authenticates and starts SFTP, all before the deadline: a connection
+ * with one channel. On failure nothing is left (the pool's accounting is the caller's). */
+static int session_new(SftpOrigin *so, usec_t deadline, bool quiet, SftpSession **ret) {
+        SftpConn *c = calloc(1, sizeof *c);
+        SftpSession *s = NULL;
+        int r, rc;
+
+        if (!c)
+                return -ENOMEM;
+        c->fd = -EBADF;
+        pthread_mutex_init(&c->lock, NULL);
+        for (size_t i = 0; i < SFTP_CHANNELS; i++)
+                c->wake[i] = -1;
+        c->n_channels = 1;
+
+        r = tcp_connect(so, &(SftpSession) { .quiet = quiet }, deadline, &c->fd);
         if (r < 0) {
                 log_debug_errno(r, "SFTP origin %s: cannot connect to %s:%u: %m", so->base.name, so->host, so->port);
-                goto fail;
+                conn_free(c);
+                return r;
         }
-        s->ssh = libssh2_session_init();
-        if (!s->ssh) {
-                r = -ENOMEM;
-                goto fail;
+        c->ssh = libssh2_session_init_ex(NULL, NULL, NULL, c);
+        if (!c->ssh) {
+                conn_free(c);
+                return -ENOMEM;
         }
-        libssh2_session_set_blocking(s->ssh, 0);
+        libssh2_session_set_blocking(c->ssh, 0);
+        libssh2_session_callback_set(c->ssh, LIBSSH2_CALLBACK_RECV, (void *) conn_recv);
+        r = session_alloc(c, &s);
+        if (r < 0) {
+                conn_free(c);
+                return r;
+        }
+        s->quiet = quiet;
 
         SSH_CALL(s, deadline, rc, libssh2_session_handshake(s->ssh, s->fd));
         if (rc != 0) {
@@ -521,21 +682,44 @@ static int session_new(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
         r = session_auth(so, s, deadline);
         if (r < 0)
                 goto fail;
-
-        SSH_CALL_PTR(s, deadline, s->sftp, libssh2_sftp_init(s->ssh));
-        if (!s->sftp) {
-                r = session_error(s, libssh2_session_last_errno(s->ssh), "subsystem start");
+        r = session_start_sftp(s, deadline);
+        if (r < 0)
                 goto fail;
-        }
         libssh2_keepalive_config(s->ssh, 1, so->keepalive_sec);
-        s->idle_since = now_usec();
+        s->quiet = false;
         *ret = s;
         return 0;
 
 fail:
         s->broken = true;
-        session_free(s);
+        session_close_channel(s);
+        conn_free(c);
         return r;
+}
+
+/* Another channel on a connection that is up (its adding flag is the caller's). On failure the
+ * channel is gone; the connection is broken only if the transport failed, not if the server
+ * refused a channel: -EBUSY, and the caller asks no more of that connection. */
+static int session_add_channel(SftpOrigin *so, SftpConn *c, usec_t deadline, SftpSession **ret) {
+        SftpSession *s = NULL;
+        int r = session_alloc(c, &s);
+        if (r < 0)
+                return r;
+        s->wait_error = 0;
+        SSH_CALL_PTR(s, deadline, s->sftp, libssh2_sftp_init(s->ssh));
+        if (!s->sftp) {
+                if (s->last_rc == LIBSSH2_ERROR_CHANNEL_FAILURE) {
+                        log_debug("SFTP origin %s: the server refused another channel on a connection (MaxSessions?)",
+                                  so->base.name);
+                        r = -EBUSY;
+                } else
+                        r = session_error(s, s->last_rc, "channel start");
+                session_close_channel(s);
+                return r;
+        }
+        s->idle_since = now_usec();
+        *ret = s;
+        return 0;
 }
 
 /* ---- the pool ---------------------------------------------------------------------------------- */
@@ -547,12 +731,85 @@ static bool session_has_handle(const SftpSession *s, const FileKey *k) {
         return false;
 }
 
-/* An idle session (one that holds want's handle if there is such), or a new one while fewer than
- * pool_size exist and fewer than SFTP_CONNECTING_MAX are being set up (sessions are made as they
+/* A connection's channel gone (closed or never opened): the last one takes the connection with it,
+ * and only then is its place in pool_size free (connections never outnumber it). */
+static void pool_release_channel(SftpOrigin *so, SftpConn *c) {
+        bool last;
+
+        pthread_mutex_lock(&so->lock);
+        last = --c->n_channels == 0;
+        if (last)
+                for (unsigned i = 0; i < so->n_conns_up; i++)
+                        if (so->conns[i] == c) {
+                                so->conns[i] = so->conns[--so->n_conns_up];
+                                break;
+                        }
+        pthread_mutex_unlock(&so->lock);
+        if (!last)
+                return;
+        conn_free(c);
+        pthread_mutex_lock(&so->lock);
+        so->n_conns--;
+        pthread_cond_broadcast(&so->cond);
+        pthread_mutex_unlock(&so->lock);
+}
+
+/* Frees a channel the pool counted, borrowed by the caller. */
+static void pool_free(SftpOrigin *so, SftpSession *s) {
+        SftpConn *c = s->conn;
+        session_close_channel(s);
+        pool_release_channel(so, c);
+}
+
+/* A connection that is up and may take another channel. */
+static SftpConn *pool_conn_with_room(SftpOrigin *so) {
+        SftpConn *best = NULL;
+        for (unsigned i = 0; i < so->n_conns_up; i++) {
+                SftpConn *c = so->conns[i];
+                if (c->adding || c->full || c->n_channels >= SFTP_CHANNELS || atomic_load(&c->broken))
+                        continue;
+                if (!best || c->n_channels < best->n_channels)
+                        best = c;
+        }
+        return best;
+}
+
+static void pool_return(SftpOrigin *so, SftpSession *s) {
+        SftpConn *c = s->conn;
+        bool broken = s->broken || atomic_load(&c->broken);
+
+        pthread_mutex_lock(&so->lock);
+        c->n_borrowed--;
+        c->last_active = now_usec();
+        if (broken)
+                so->n_sessions--;
+        else {
+                s->idle_since = c->last_active;
+                so->idle[so->n_idle++] = s;
+        }
+        pthread_cond_signal(&so->cond);
+        pthread_mutex_unlock(&so->lock);
+        if (broken)
+                pool_free(so, s);
+}
+
+/* An idle session (one that holds want's handle if there is such); else a new channel on a
+ * connection that has room for one (three round trips); else a new connection while fewer than
+ * pool_size exist and fewer than SFTP_CONNECTING_MAX are being set up (connections are made as they
  * are needed, never a burst of handshakes that sshd's MaxStartups would drop); otherwise waits. */
 static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline, SftpSession **ret) {
+        SftpConn *room;
+        int r;
+
         pthread_mutex_lock(&so->lock);
-        while (so->n_idle == 0 && (so->n_sessions >= so->pool_size || so->n_connecting >= SFTP_CONNECTING_MAX)) {
+        for (;;) {
+                room = NULL;
+                if (so->n_idle > 0)
+                        break;
+                room = pool_conn_with_room(so);
+                if (room || (so->n_conns < so->pool_size && so->n_connecting < SFTP_CONNECTING_MAX))
+                        break;
+
                 struct timespec ts;
                 usec_t n = now_usec();
                 if (n >= deadline) {
@@ -569,6 +826,7 @@ static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline,
                 }
                 pthread_cond_timedwait(&so->cond, &so->lock, &ts);
         }
+
         if (so->n_idle > 0) {
                 /* The one that holds the file's handle (its OPEN is done), else the most recently
                  * used: the likeliest to be alive. */
@@ -579,37 +837,78 @@ static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline,
                                 break;
                         }
                 SftpSession *s = so->idle[pick];
+                SftpConn *c = s->conn;
                 so->idle[pick] = so->idle[--so->n_idle];
-                pthread_mutex_unlock(&so->lock);
-
-                if (now_usec() - s->idle_since <= 2 * (usec_t) so->keepalive_sec * USEC_PER_SEC) {
-                        /* A session idle past the keepalive interval tells the server (and NATs)
-                         * it is still wanted; a dead connection shows up as a failure of the
-                         * operation itself, retried at once on a new session. */
-                        int next = 0;
-                        if (libssh2_keepalive_send(s->ssh, &next) < 0 &&
-                            libssh2_session_last_errno(s->ssh) != LIBSSH2_ERROR_EAGAIN)
-                                s->broken = true;
-                        *ret = s;
-                        return 1;       /* reused */
-                }
+                usec_t n = now_usec();
                 /* Idle for two keepalive intervals with nobody sending them: a NAT or the server
                  * may have dropped it without a word, and an operation on a silently dead
                  * connection would wait out its whole deadline. A new one takes its place. */
+                bool stale = c->n_borrowed == 0 && n - c->last_active > 2 * (usec_t) so->keepalive_sec * USEC_PER_SEC;
+                c->n_borrowed++;
+                c->last_active = n;
+                pthread_mutex_unlock(&so->lock);
+
+                if (!stale && !atomic_load(&c->broken)) {
+                        /* A connection idle past the keepalive interval tells the server (and
+                         * NATs) it is still wanted; a dead connection shows up as a failure of
+                         * the operation itself, retried at once on a new session. */
+                        int next = 0;
+                        session_lock(s);
+                        if (libssh2_keepalive_send(s->ssh, &next) < 0 &&
+                            libssh2_session_last_errno(s->ssh) != LIBSSH2_ERROR_EAGAIN)
+                                s->broken = true;
+                        (void) session_unlock(s);
+                        *ret = s;
+                        return 1;       /* reused */
+                }
                 s->broken = true;
-                session_free(s);
+                pool_return(so, s);     /* frees it */
+                return pool_borrow_for(so, want, deadline, ret);
+        }
+
+        so->n_sessions++;
+        if (room) {
+                room->adding = true;
+                room->n_channels++;
+                room->n_borrowed++;
+                room->last_active = now_usec();
+                pthread_mutex_unlock(&so->lock);
+
+                r = session_add_channel(so, room, deadline, ret);
+
                 pthread_mutex_lock(&so->lock);
-        } else
-                so->n_sessions++;
+                room->adding = false;
+                if (r < 0) {
+                        so->n_sessions--;
+                        room->n_borrowed--;
+                        room->full = room->full || r == -EBUSY;
+                }
+                pthread_cond_broadcast(&so->cond);
+                pthread_mutex_unlock(&so->lock);
+                if (r < 0)
+                        pool_release_channel(so, room);
+                if (r == -EBUSY)
+                        return pool_borrow_for(so, want, deadline, ret);     /* elsewhere */
+                return r < 0 ? r : 0;
+        }
+
+        so->n_conns++;
         so->n_connecting++;
         pthread_mutex_unlock(&so->lock);
 
-        int r = session_new(so, deadline, ret);
+        r = session_new(so, deadline, false, ret);
+
         pthread_mutex_lock(&so->lock);
         so->n_connecting--;
-        if (r < 0)
+        if (r < 0) {
                 so->n_sessions--;
-        /* Whoever waits for a connect slot or a session slot may go on. */
+                so->n_conns--;
+        } else {
+                (*ret)->conn->n_borrowed = 1;
+                (*ret)->conn->last_active = now_usec();
+                so->conns[so->n_conns_up++] = (*ret)->conn;
+        }
+        /* Whoever waits for a connect slot, a connection's room or a session may go on. */
         pthread_cond_broadcast(&so->cond);
         pthread_mutex_unlock(&so->lock);
         return r < 0 ? r : 0;
@@ -619,19 +918,73 @@ static int pool_borrow(SftpOrigin *so, usec_t deadline, SftpSession **ret) {
         return pool_borrow_for(so, NULL, deadline, ret);
 }
 
-static void pool_return(SftpOrigin *so, SftpSession *s) {
-        if (s->broken) {
-                session_free(s);
-                s = NULL;
-        } else
-                s->idle_since = now_usec();
+/* Connects one session into the pool, idle, while fewer than target connections exist and a connect
+ * slot is free, leaving SFTP_CONNECTING_SPARE slots to whoever needs a session now (a health check
+ * must not wait behind handshakes that a dead server holds until their deadline). A walk calls this
+ * on each of its threads as it starts: the handshakes (some ten round trips each) then run side by
+ * side with the first one's and the root's listing, instead of one after the other as listings find
+ * directories. */
+static void pool_connect_ahead(SftpOrigin *so, unsigned target) {
+        SftpSession *s = NULL;
 
         pthread_mutex_lock(&so->lock);
-        if (s)
-                so->idle[so->n_idle++] = s;
-        else
+        if (so->n_conns >= MIN(target, so->pool_size) ||
+            so->n_connecting >= SFTP_CONNECTING_MAX - SFTP_CONNECTING_SPARE) {
+                pthread_mutex_unlock(&so->lock);
+                return;
+        }
+        so->n_sessions++;
+        so->n_conns++;
+        so->n_connecting++;
+        pthread_mutex_unlock(&so->lock);
+
+        int r = session_new(so, now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC, true, &s);
+        if (r < 0)
+                log_debug_errno(r, "SFTP origin %s: cannot connect a session ahead: %m", so->base.name);
+
+        pthread_mutex_lock(&so->lock);
+        so->n_connecting--;
+        if (r < 0) {
                 so->n_sessions--;
-        pthread_cond_signal(&so->cond);
+                so->n_conns--;
+                pthread_cond_broadcast(&so->cond);
+                pthread_mutex_unlock(&so->lock);
+                return;
+        }
+        SftpConn *c = s->conn;
+        c->last_active = now_usec();
+        c->adding = true;
+        so->conns[so->n_conns_up++] = c;
+        so->idle[so->n_idle++] = s;
+        pthread_cond_broadcast(&so->cond);
+
+        /* Its other channels too, one after the other (libssh2 opens one at a time), each idle as
+         * soon as it is up: the listings and the reads of what they find take them at once instead
+         * of waiting three round trips each. */
+        while (c->n_channels < SFTP_CHANNELS && !c->full && !atomic_load(&c->broken)) {
+                c->n_channels++;
+                so->n_sessions++;
+                pthread_mutex_unlock(&so->lock);
+
+                r = session_add_channel(so, c, now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC, &s);
+
+                pthread_mutex_lock(&so->lock);
+                if (r < 0) {
+                        /* Not c's last channel unless the others went meanwhile: c is not touched
+                         * after this. */
+                        so->n_sessions--;
+                        c->full = c->full || r == -EBUSY;
+                        c->adding = false;
+                        pthread_cond_broadcast(&so->cond);
+                        pthread_mutex_unlock(&so->lock);
+                        pool_release_channel(so, c);
+                        return;
+                }
+                so->idle[so->n_idle++] = s;
+                pthread_cond_broadcast(&so->cond);
+        }
+        c->adding = false;
+        pthread_cond_broadcast(&so->cond);
         pthread_mutex_unlock(&so->lock);
 }
 
@@ -708,9 +1061,10 @@ static ssize_t sftp_run(SftpOrigin *so, const char *what, const char *path, unsi
  * next request fail (libssh2 must finish one packet before it starts another), so that one is
  * waited for, as is one past SFTP_CLOSING_MAX. */
 static void session_close_handle(SftpSession *s, LIBSSH2_SFTP_HANDLE *handle, usec_t deadline) {
+        session_lock(s);
         int rc = libssh2_sftp_close_handle(handle);
-        if (rc == LIBSSH2_ERROR_EAGAIN && s->n_closing < SFTP_CLOSING_MAX &&
-            !(libssh2_session_block_directions(s->ssh) & LIBSSH2_SESSION_BLOCK_OUTBOUND)) {
+        int dirs = session_unlock(s);
+        if (rc == LIBSSH2_ERROR_EAGAIN && s->n_closing < SFTP_CLOSING_MAX && !(dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND)) {
                 s->closing[s->n_closing++] = handle;
                 return;
         }
@@ -726,7 +1080,9 @@ static void session_reap_closes(SftpSession *s) {
         for (unsigned i = 0; i < s->n_closing; i++) {
                 if (s->broken)
                         break;
+                session_lock(s);
                 int rc = libssh2_sftp_close_handle(s->closing[i]);
+                (void) session_unlock(s);
                 if (rc == LIBSSH2_ERROR_EAGAIN)
                         s->closing[j++] = s->closing[i];
                 else if (rc != 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
@@ -825,6 +1181,7 @@ static ssize_t op_open(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                 return -ECONNRESET;
         s->wait_error = 0;
         for (;;) {
+                session_lock(s);
                 if (!open_done) {
                         handle = libssh2_sftp_open_ex(s->sftp, path, (unsigned) strlen(path), LIBSSH2_FXF_READ, 0,
                                                       LIBSSH2_SFTP_OPENFILE);
@@ -845,12 +1202,15 @@ static ssize_t op_open(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                                         stat_status = libssh2_sftp_last_error(s->sftp);
                         }
                 }
-                if (open_done && stat_done)
+                if (open_done && stat_done) {
+                        (void) session_unlock(s);
                         break;
-        wait:
+                }
+        wait:;
+                int dirs = session_unlock(s);
                 /* In slices: with two answers due, one may already sit in libssh2's buffers while
                  * the socket stays quiet, so both calls are tried again at least every 20 ms. */
-                if (session_wait(s, MIN(deadline, now_usec() + 20 * 1000)) < 0) {
+                if (session_wait(s, dirs, MIN(deadline, now_usec() + 20 * 1000)) < 0) {
                         if (s->wait_error == -ETIMEDOUT && now_usec() < deadline) {
                                 s->wait_error = 0;
                                 continue;
@@ -973,7 +1333,7 @@ static int session_handle(SftpSession *s, FileKey *k, usec_t deadline, HandleSlo
         SSH_CALL_PTR(s, deadline, handle, libssh2_sftp_open_ex(s->sftp, k->path, (unsigned) strlen(k->path),
                                                                LIBSSH2_FXF_READ, 0, LIBSSH2_SFTP_OPENFILE));
         if (!handle)
-                return session_error(s, libssh2_session_last_errno(s->ssh), "open");
+                return session_error(s, s->last_rc, "open");
         *victim = (HandleSlot) { .key = file_key_ref(k), .handle = handle, .pos = 0 };
         *ret = victim;
         return 0;
@@ -989,9 +1349,11 @@ typedef struct ReadArg {
 
 /* Makes libssh2 forget the handle's read stream (requests in flight, buffered data, EOF) and
  * continue at pos. A seek to where it already is would be a no-op, hence the detour. */
-static void handle_reset(HandleSlot *h, uint64_t pos) {
+static void handle_reset(SftpSession *s, HandleSlot *h, uint64_t pos) {
+        session_lock(s);
         libssh2_sftp_seek64(h->handle, pos + 1);
         libssh2_sftp_seek64(h->handle, pos);
+        (void) session_unlock(s);
         h->pos = pos;
 }
 
@@ -1008,7 +1370,7 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                 return r;
         h->last_used = now_usec();
         if (h->pos != a->offset)
-                handle_reset(h, a->offset);
+                handle_reset(s, h, a->offset);
         bool fresh = false;     /* nothing was read since the stream was reset */
         while (done < a->size) {
                 ssize_t n;
@@ -1021,10 +1383,12 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                          * round trip's gap (libssh2 drops what a seek or close leaves unread). */
                         size_t want = a->size - done;
                         size_t ask = a->size >= SFTP_STREAM_MIN ? SFTP_STREAM_AHEAD / 4 : (want + 3) / 4;
+                        session_lock(s);
                         n = libssh2_sftp_read(h->handle, (char *) a->buf + done, MIN(ask, want));
+                        int dirs = session_unlock(s);
                         if (n != LIBSSH2_ERROR_EAGAIN)
                                 break;
-                        if (session_wait(s, deadline) < 0) {
+                        if (session_wait(s, dirs, deadline) < 0) {
                                 n = LIBSSH2_ERROR_TIMEOUT;
                                 break;
                         }
@@ -1041,7 +1405,7 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                         if (fresh || a->offset + done >= a->file_size)
                                 break;
                         log_debug("SFTP read of %s: early 0 at %" PRIu64 ", retrying", a->key->path, a->offset + done);
-                        handle_reset(h, a->offset + done);
+                        handle_reset(s, h, a->offset + done);
                         fresh = true;
                         continue;
                 }
@@ -1163,6 +1527,7 @@ typedef struct SftpWalk {
         origin_walk_skipped_fn skipped;
         void *userdata;
         unsigned n_unread;
+        unsigned n_sessions_ahead;      /* sessions the listers connect as they start (the walk's included) */
         bool conn_failed;
         WalkDir **dirs;         /* every directory seen, freed at the end (the walk thread's) */
         size_t n_dirs;
@@ -1295,7 +1660,7 @@ static ssize_t op_list(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
         SSH_CALL_PTR(s, LIST_DEADLINE, dh, libssh2_sftp_open_ex(s->sftp, a->path, (unsigned) strlen(a->path), 0, 0,
                                                                  LIBSSH2_SFTP_OPENDIR));
         if (!dh) {
-                r = session_error(s, libssh2_session_last_errno(s->ssh), "opendir");
+                r = session_error(s, s->last_rc, "opendir");
                 a->conn_failed = s->broken;
                 return r;
         }
@@ -1343,6 +1708,7 @@ static ssize_t op_list(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
 static void *walk_lister(void *userdata) {
         SftpWalk *w = userdata;
 
+        pool_connect_ahead(w->so, w->n_sessions_ahead);
         pthread_mutex_lock(&w->lock);
         for (;;) {
                 while (!w->stop && !w->todo)
@@ -1492,7 +1858,8 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
         _cleanup_free_ char *start = NULL, *rel = NULL, *canon = NULL;
         pthread_t listers[SFTP_WALK_LISTERS];
         unsigned n_listers = 0;
-        int r;
+        bool root_failed = false;
+        int r = 0;
 
         w.done_tail = &w.done;
         if (rel_dir[0] && origin_rel_path_check(rel_dir) < 0)
@@ -1502,8 +1869,23 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
         if (!start || !rel)
                 return -ENOMEM;
 
+        /* The listers start first: each connects a session ahead while the walk's own one checks
+         * the root, so the handshakes overlap (half the pool lists, one lister at least: readers of
+         * the files found need sessions too). They wait for the root's listing to be queued. */
+        unsigned want = MIN(so->pool_size > 1 ? so->pool_size / 2 : 1u, (unsigned) SFTP_WALK_LISTERS);
+        w.n_sessions_ahead = want;
+        while (n_listers < want) {
+                int k = pthread_create(&listers[n_listers], NULL, walk_lister, &w);
+                if (k != 0) {
+                        if (n_listers == 0)
+                                r = log_error_errno(k, "SFTP origin %s: cannot start a walk thread: %m", o->name);
+                        break;
+                }
+                n_listers++;
+        }
+
         usec_t deadline = now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC;
-        for (unsigned attempt = 0;; attempt++) {
+        for (unsigned attempt = 0; n_listers > 0; attempt++) {
                 r = pool_borrow(so, deadline, &w.s);
                 if (r >= 0) {
                         /* OpenSSH's realpath of a missing path can be a plain failure: stat tells. */
@@ -1529,25 +1911,13 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
                 pool_return(so, w.s);
                 w.s = NULL;
         }
-        if (r < 0) {
-                if (rel_dir[0] && errno_is_gone(-r))
-                        return r;
-                return log_error_errno(r, "Failed to open origin directory %s%s%s: %m", o->url, rel_dir[0] ? "/" : "",
-                                       rel_dir);
-        }
-
-        r = walk_add_dir(&w, NULL, TAKE_PTR(rel), TAKE_PTR(canon));
-        /* Half the pool lists (readers of the files found need sessions too), one at least. */
-        unsigned want = MIN(so->pool_size > 1 ? so->pool_size / 2 : 1u, (unsigned) SFTP_WALK_LISTERS);
-        while (r >= 0 && n_listers < want) {
-                int k = pthread_create(&listers[n_listers], NULL, walk_lister, &w);
-                if (k != 0) {
-                        if (n_listers == 0)
-                                r = log_error_errno(k, "SFTP origin %s: cannot start a walk thread: %m", o->name);
-                        break;
-                }
-                n_listers++;
-        }
+        if (n_listers > 0 && r < 0) {
+                root_failed = true;
+                if (!(rel_dir[0] && errno_is_gone(-r)))
+                        r = log_error_errno(r, "Failed to open origin directory %s%s%s: %m", o->url, rel_dir[0] ? "/" : "",
+                                            rel_dir);
+        } else if (n_listers > 0)
+                r = walk_add_dir(&w, NULL, TAKE_PTR(rel), TAKE_PTR(canon));
         if (r >= 0)
                 r = walk_run(&w, o, rel_dir);
 
@@ -1557,6 +1927,8 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
         pthread_mutex_unlock(&w.lock);
         for (unsigned i = 0; i < n_listers; i++)
                 pthread_join(listers[i], NULL);
+        if (root_failed)
+                return r;
         if (r < 0)
                 return error_is_transient(r) ? -EIO : r;
         return (int) w.n_unread;
@@ -1572,8 +1944,8 @@ static void sftp_free(Origin *o) {
         SftpOrigin *so = sftp_origin(o);
 
         /* No borrower is left: the last reference is gone. */
-        for (unsigned i = 0; i < so->n_idle; i++)
-                session_free(so->idle[i]);
+        while (so->n_idle > 0)
+                pool_free(so, so->idle[--so->n_idle]);
         pthread_mutex_destroy(&so->lock);
         pthread_cond_destroy(&so->cond);
         free(so->host);
