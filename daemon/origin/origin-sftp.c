@@ -1369,7 +1369,11 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
         if (r < 0)
                 return r;
         h->last_used = now_usec();
-        if (h->pos != a->offset)
+        /* Only a read that continues this handle's stream keeps reading ahead past its end: reads
+         * that jump (the kernel's concurrent 1 MiB requests spread over several sessions) would each
+         * leave SFTP_STREAM_AHEAD in flight for the next read to discard (4.5x the file on the wire). */
+        bool sequential = h->pos == a->offset;
+        if (!sequential)
                 handle_reset(s, h, a->offset);
         bool fresh = false;     /* nothing was read since the stream was reset */
         while (done < a->size) {
@@ -1378,11 +1382,12 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                 for (;;) {
                         /* libssh2 keeps four times the buffer it is given requested ahead: a quarter of
                          * what is left asks for all of it at once, pipelined, and for nothing past it.
-                         * A large read (a fill's) streams: SFTP_STREAM_AHEAD stays requested past its
-                         * end, so the next sequential read finds its data under way instead of a
-                         * round trip's gap (libssh2 drops what a seek or close leaves unread). */
+                         * A large read that continues the handle's stream (a fill's) streams:
+                         * SFTP_STREAM_AHEAD stays requested past its end, so the next sequential read
+                         * finds its data under way instead of a round trip's gap (libssh2 drops what a
+                         * seek or close leaves unread). */
                         size_t want = a->size - done;
-                        size_t ask = a->size >= SFTP_STREAM_MIN ? SFTP_STREAM_AHEAD / 4 : (want + 3) / 4;
+                        size_t ask = a->size >= SFTP_STREAM_MIN && sequential ? SFTP_STREAM_AHEAD / 4 : (want + 3) / 4;
                         session_lock(s);
                         n = libssh2_sftp_read(h->handle, (char *) a->buf + done, MIN(ask, want));
                         int dirs = session_unlock(s);
