@@ -612,43 +612,42 @@ static void manager_remove_managed(Manager *m, ManagedOrigin *mo) {
 
 /* ---- tree building (startup on the main thread, later on the worker) ---- */
 
-/* Files of origins that are not (or no longer) in the set stay in the catalog (it is a cache) but are
- * not shown: there would be nothing to read them from. */
-static size_t drop_unconfigured(Manager *m, CatalogFile *files, size_t n) {
-        size_t kept = 0;
-        for (size_t i = 0; i < n; i++) {
-                if (origin_set_get(m->origins, files[i].origin_id))
-                        files[kept++] = files[i];
-                else
-                        catalog_file_free_members(&files[i]);
-        }
-        return kept;
+typedef struct TreeRows {
+        Manager *manager;
+        TreeBuilder *builder;
+        OriginCount *counts;
+        size_t n_counts, n_files;
+} TreeRows;
+
+static int count_file(TreeRows *rows, int64_t origin_id) {
+        /* rows come origin by origin: the last origin counted is nearly always the one */
+        for (size_t j = rows->n_counts; j > 0; j--)
+                if (rows->counts[j - 1].origin_id == origin_id) {
+                        rows->counts[j - 1].files++;
+                        return 0;
+                }
+        OriginCount *grown = reallocarray(rows->counts, rows->n_counts + 1, sizeof *grown);
+        if (!grown)
+                return -ENOMEM;
+        rows->counts = grown;
+        rows->counts[rows->n_counts++] = (OriginCount) { .origin_id = origin_id, .files = 1 };
+        return 0;
 }
 
-static int count_by_origin(const CatalogFile *files, size_t n, OriginCount **ret, size_t *ret_n) {
-        OriginCount *counts = NULL;
-        size_t n_counts = 0;
+/* Called for each catalog row with the catalog's lock held. Files of origins that are not (or no
+ * longer) in the set stay in the catalog (it is a cache) but are not shown: there would be nothing
+ * to read them from. */
+static int tree_row(const CatalogFile *f, void *userdata) {
+        TreeRows *rows = userdata;
+        int r;
 
-        for (size_t i = 0; i < n; i++) {
-                size_t j;
-                for (j = n_counts; j > 0; j--)
-                        if (counts[j - 1].origin_id == files[i].origin_id)
-                                break;
-                if (j > 0) {
-                        counts[j - 1].files++;
-                        continue;
-                }
-                OriginCount *grown = reallocarray(counts, n_counts + 1, sizeof *grown);
-                if (!grown) {
-                        free(counts);
-                        return -ENOMEM;
-                }
-                counts = grown;
-                counts[n_counts++] = (OriginCount) { .origin_id = files[i].origin_id, .files = 1 };
-        }
-        *ret = counts;
-        *ret_n = n_counts;
-        return 0;
+        if (!origin_set_get(rows->manager->origins, f->origin_id))
+                return 0;
+        r = count_file(rows, f->origin_id);
+        if (r < 0)
+                return r;
+        rows->n_files++;
+        return tree_builder_add(rows->builder, f);
 }
 
 static uint64_t count_of(const OriginCount *counts, size_t n, int64_t origin_id) {
@@ -660,38 +659,41 @@ static uint64_t count_of(const OriginCount *counts, size_t n, int64_t origin_id)
 
 static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_t *ret_n_files,
                               OriginCount **ret_counts, size_t *ret_n_counts) {
-        CatalogFile *files = NULL;
-        OriginCount *counts = NULL;
-        size_t n = 0, n_counts = 0;
+        TreeRows rows = { .manager = m };
         int r;
 
-        uint64_t t0 = now_usec();
-        r = catalog_load_files(m->catalog, &files, &n);
+        r = tree_builder_new(&rows.builder);
         if (r < 0)
-                return log_warning_errno(r, "Failed to load the catalog: %m");
-        n = drop_unconfigured(m, files, n);
-        r = count_by_origin(files, n, &counts, &n_counts);
-        if (r < 0) {
-                catalog_files_free(files, n);
-                return log_warning_errno(r, "Failed to count the files of each origin: %m");
-        }
+                return log_warning_errno(r, "Failed to build the tree: %m");
+
+        /* The rows stream into the builder, which keeps only what the tree needs of each (the whole
+         * rows with their tags were the largest transient cost of a build, ~50 MB at 100k tracks).
+         * Inode numbers come from the catalog after the walk, once its lock is free again. */
+        uint64_t t0 = now_usec();
+        r = catalog_foreach_file(m->catalog, tree_row, &rows);
+        if (r < 0)
+                log_warning_errno(r, "Failed to load the catalog: %m");
         uint64_t t1 = now_usec();
-        r = tree_build(m->catalog, tpl, files, n, ret);
+        if (r >= 0) {
+                r = tree_builder_finish(rows.builder, m->catalog, tpl, ret);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to build the tree: %m");
+        }
         uint64_t t2 = now_usec();
-        catalog_files_free(files, n);
-        /* The rows are the largest transient cost of a build (~50 MB at 100k tracks); glibc keeps
-         * freed heap for reuse, which would count against the daemon's RSS until the next build. */
+        tree_builder_free(rows.builder);
+        /* glibc keeps freed heap for reuse, which would count against the daemon's RSS until the
+         * next build */
         (void) malloc_trim(0);
         if (r < 0) {
-                free(counts);
-                return log_warning_errno(r, "Failed to build the tree: %m");
+                free(rows.counts);
+                return r;
         }
-        log_debug("Loaded %zu files in %.0f ms, built the tree in %.0f ms, freed the rows in %.0f ms", n,
+        log_debug("Read %zu files in %.0f ms, built the tree in %.0f ms, freed the rows in %.0f ms", rows.n_files,
                   (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0, (double) (now_usec() - t2) / 1000.0);
         if (ret_n_files)
-                *ret_n_files = n;
-        *ret_counts = counts;
-        *ret_n_counts = n_counts;
+                *ret_n_files = rows.n_files;
+        *ret_counts = rows.counts;
+        *ret_n_counts = rows.n_counts;
         return 0;
 }
 

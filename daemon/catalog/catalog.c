@@ -1011,6 +1011,101 @@ int catalog_load_files(Catalog *c, CatalogFile **ret, size_t *ret_n) {
         return 0;
 }
 
+/* A column's text as SQLite holds it: valid until the statement steps or is reset. */
+static const char *column_text_borrowed(sqlite3_stmt *s, int i, int *error) {
+        if (sqlite3_column_type(s, i) == SQLITE_NULL)
+                return NULL;
+        const char *t = (const char *) sqlite3_column_text(s, i);
+        if (!t)
+                *error = -ENOMEM;
+        return t;
+}
+
+/* One origin's rows, each handed to cb as it is stepped: the strings are SQLite's own buffers. */
+static int catalog_walk_origin_files(Catalog *c, int64_t origin_id, catalog_file_fn cb, void *userdata) {
+        _cleanup_stmt_reset_ sqlite3_stmt *s = NULL;
+        int rc, r;
+
+        r = catalog_statement(c, STMT_LOAD_ORIGIN_FILES, &s);
+        if (r < 0)
+                return r;
+        rc = sqlite3_bind_int64(s, 1, origin_id);
+        if (rc != SQLITE_OK)
+                return catalog_error(c, rc, "load bind");
+
+        for (;;) {
+                int error = 0;
+
+                rc = sqlite3_step(s);
+                if (rc == SQLITE_DONE)
+                        return 0;
+                if (rc != SQLITE_ROW)
+                        return catalog_error(c, rc, "load files");
+
+                /* the same columns as read_file_row(), borrowed rather than copied */
+                CatalogFile f = {
+                        .id = sqlite3_column_int64(s, 0),
+                        .origin_id = sqlite3_column_int64(s, 1),
+                        .origin_priority = (unsigned) sqlite3_column_int64(s, 2),
+                        .size = (uint64_t) sqlite3_column_int64(s, 4),
+                        .mtime_ns = sqlite3_column_int64(s, 5),
+                        .parsed = sqlite3_column_int(s, 7) != 0,
+                        .tags.year = sqlite3_column_int(s, 14),
+                        .tags.track = sqlite3_column_int(s, 15),
+                        .tags.disc = sqlite3_column_int(s, 16),
+                        .tags.disc_total = sqlite3_column_int(s, 17),
+                        .tags.compilation = sqlite3_column_int(s, 18) != 0,
+                        .tags.duration_ms = sqlite3_column_int64(s, 19),
+                };
+                f.rel_path = (char *) column_text_borrowed(s, 3, &error);
+                f.format = (char *) column_text_borrowed(s, 6, &error);
+                f.tags.title = (char *) column_text_borrowed(s, 8, &error);
+                f.tags.artist = (char *) column_text_borrowed(s, 9, &error);
+                f.tags.album = (char *) column_text_borrowed(s, 10, &error);
+                f.tags.albumartist = (char *) column_text_borrowed(s, 11, &error);
+                f.tags.genre = (char *) column_text_borrowed(s, 12, &error);
+                f.tags.composer = (char *) column_text_borrowed(s, 13, &error);
+                if (error < 0)
+                        return log_error_errno(error, "Catalog %s: cannot read a file row: %m", c->path);
+                if (!f.rel_path)        /* NOT NULL in the schema: only a damaged row gets here */
+                        return log_error_errno(EBADMSG, "Catalog %s: cannot read a file row: %m", c->path);
+
+                r = cb(&f, userdata);
+                if (r < 0)
+                        return r;
+        }
+}
+
+int catalog_foreach_file(Catalog *c, catalog_file_fn cb, void *userdata) {
+        _cleanup_catalog_unlock_ Catalog *locked = NULL;
+        _cleanup_free_ int64_t *origins = NULL;
+        size_t n_origins = 0;
+        int r;
+
+        if (!c || !cb)
+                return -EINVAL;
+        r = catalog_lock(c);
+        if (r < 0)
+                return r;
+        locked = c;
+
+        /* As catalog_load_files(): origin by origin off the (origin_id, rel_path) index, in one read
+         * transaction so that the origins and their files are one snapshot. */
+        r = catalog_exec(c, "BEGIN");
+        if (r < 0)
+                return r;
+        r = catalog_ordered_origins(c, &origins, &n_origins);
+        for (size_t i = 0; r >= 0 && i < n_origins; i++)
+                r = catalog_walk_origin_files(c, origins[i], cb, userdata);
+        if (r >= 0)
+                r = catalog_exec(c, "COMMIT");
+        if (r < 0) {
+                catalog_rollback(c);
+                return r;
+        }
+        return 0;
+}
+
 int catalog_load_origin_files(Catalog *c, int64_t origin_id, CatalogFile **ret, size_t *ret_n) {
         _cleanup_catalog_unlock_ Catalog *locked = NULL;
         FileList l = {};

@@ -58,6 +58,12 @@ int catalog_origin_remove(Catalog *c, const char *name);       /* and its files;
 
 /* All files of every origin, ordered by (origin priority, origin name, rel_path). */
 int catalog_load_files(Catalog *c, CatalogFile **ret, size_t *ret_n);
+/* The same rows in the same order, one at a time, without holding them all: cb gets each row as a
+ * CatalogFile whose strings are valid only during the call. cb runs with the catalog's lock held:
+ * calling into the catalog from it fails with -EDEADLK. A negative return stops the walk and is
+ * returned. */
+typedef int (*catalog_file_fn)(const CatalogFile *f, void *userdata);
+int catalog_foreach_file(Catalog *c, catalog_file_fn cb, void *userdata);
 /* Files of one origin, for a scan's unchanged test; ordered by rel_path. */
 int catalog_load_origin_files(Catalog *c, int64_t origin_id, CatalogFile **ret, size_t *ret_n);
 int catalog_count_files(Catalog *c, uint64_t *ret);

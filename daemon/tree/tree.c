@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The virtual tree. A build runs in passes over flat arrays indexed by file, virtual file and
- * directory number, with open-addressing hash indexes that store only those numbers, so 100k tracks
- * cost a few large allocations rather than hundreds of thousands of small ones. The finished Tree
- * is five arrays (nodes, children, replicas, inode index, file index) and one string arena.
+/* The virtual tree. A build takes the catalog's rows one at a time (a TreeBuilder keeps of each
+ * only what the tree needs, so the rows never sit in memory whole), then runs in passes over flat
+ * arrays indexed by file, virtual file and directory number, with open-addressing hash indexes that
+ * store only those numbers, so 100k tracks cost a few large allocations rather than hundreds of
+ * thousands of small ones; what no later pass needs is freed as soon as it is done. The finished
+ * Tree is five arrays (nodes, children, replicas, inode index, file index) and one string arena.
  *
  * Album grouping (for {disc} and compilations), decided here:
  *   - tracks with the same album tag and the same album artist tag (the artist when there is no
@@ -45,11 +47,11 @@ typedef struct Arena {
 
 #define ARENA_BLOCK_SIZE (256u * 1024u)
 
-static char *arena_strndup(Arena *a, const char *s, size_t len) {
+static char *arena_alloc(Arena *a, size_t len) {
         ArenaBlock *b = a->head;
 
-        if (!b || b->size - b->used < len + 1) {
-                size_t size = len + 1 > ARENA_BLOCK_SIZE ? len + 1 : ARENA_BLOCK_SIZE;
+        if (!b || b->size - b->used < len) {
+                size_t size = len > ARENA_BLOCK_SIZE ? len : ARENA_BLOCK_SIZE;
 
                 b = malloc(sizeof(ArenaBlock) + size);
                 if (!b)
@@ -60,9 +62,17 @@ static char *arena_strndup(Arena *a, const char *s, size_t len) {
                 a->head = b;
         }
         char *p = b->data + b->used;
+        b->used += len;
+        return p;
+}
+
+static char *arena_strndup(Arena *a, const char *s, size_t len) {
+        char *p = arena_alloc(a, len + 1);
+
+        if (!p)
+                return NULL;
         memcpy(p, s, len);
         p[len] = '\0';
-        b->used += len + 1;
         return p;
 }
 
@@ -423,9 +433,36 @@ typedef struct AlbumGroup {
         bool multi_disc;
 } AlbumGroup;
 
-typedef struct Build {
-        const CatalogFile *files;
-        size_t n_files;
+/* A catalog row as the build keeps it while the rest arrive: the numbers, its rel_path in one arena
+ * (which becomes the tree's: the replicas point into it) and a run of the strings of PACKED_* that
+ * the row has, each NUL-terminated, in another, dropped once the paths are rendered. The tags are
+ * copied only when the row's were read, as the build ignores them otherwise (file_tags()). */
+enum {
+        PACKED_FORMAT,
+        PACKED_TITLE,
+        PACKED_ARTIST,
+        PACKED_ALBUM,
+        PACKED_ALBUMARTIST,
+        PACKED_GENRE,
+        PACKED_COMPOSER,
+        _PACKED_MAX,
+};
+
+typedef struct PackedFile {
+        int64_t id, origin_id, mtime_ns;
+        uint64_t size;
+        const char *rel_path;
+        const char *strings;    /* NULL once rendered */
+        unsigned priority;
+        int year, track, disc, disc_total;
+        uint8_t present;        /* bit PACKED_x: that string follows */
+        bool parsed, compilation;
+} PackedFile;
+
+struct TreeBuilder {
+        PackedFile *files;      /* rows with a path, in the order they were added */
+        size_t n_files, cap_files;
+        Arena rel_paths, tag_strings;
 
         uint32_t *order;        /* valid files, preferred first */
         size_t n_valid;
@@ -449,9 +486,45 @@ typedef struct Build {
         HashIndex dir_index, file_index;
 
         Tree *tree;
-} Build;
+};
+typedef struct TreeBuilder Build;
 
 static const TrackTags no_tags = {};
+
+/* A view of a kept row, its strings pointing into the builder's arena. */
+static void packed_view(const PackedFile *p, CatalogFile *ret) {
+        char *fields[_PACKED_MAX] = {};
+        const char *s = p->strings;
+
+        for (int k = 0; s && k < _PACKED_MAX; k++)
+                if (p->present & (1u << k)) {
+                        fields[k] = (char *) s;
+                        s += strlen(s) + 1;
+                }
+        *ret = (CatalogFile) {
+                .id = p->id,
+                .origin_id = p->origin_id,
+                .origin_priority = p->priority,
+                .rel_path = (char *) p->rel_path,
+                .size = p->size,
+                .mtime_ns = p->mtime_ns,
+                .format = fields[PACKED_FORMAT],
+                .parsed = p->parsed,
+                .tags = {
+                        .title = fields[PACKED_TITLE],
+                        .artist = fields[PACKED_ARTIST],
+                        .album = fields[PACKED_ALBUM],
+                        .albumartist = fields[PACKED_ALBUMARTIST],
+                        .genre = fields[PACKED_GENRE],
+                        .composer = fields[PACKED_COMPOSER],
+                        .year = p->year,
+                        .track = p->track,
+                        .disc = p->disc,
+                        .disc_total = p->disc_total,
+                        .compilation = p->compilation,
+                },
+        };
+}
 
 static const TrackTags *file_tags(const CatalogFile *f) {
         return f->parsed ? &f->tags : &no_tags;
@@ -462,6 +535,9 @@ static const char *vf_final_path(const Build *b, uint32_t v) {
 }
 
 static void build_done(Build *b) {
+        free(b->files);
+        arena_free(&b->rel_paths);
+        arena_free(&b->tag_strings);
         free(b->order);
         free(b->rep_next);
         free(b->vf_best);
@@ -487,12 +563,48 @@ static void build_done(Build *b) {
         hash_index_done(&b->dir_index);
         hash_index_done(&b->file_index);
         tree_free(b->tree);
+        *b = (Build) {};
+}
+
+/* Once the paths are rendered, the tags and the album groups have served: the rest of the build and
+ * the tree it makes, the largest part of the build's peak, need not sit beside them. */
+static void build_drop_tags(Build *b) {
+        for (size_t i = 0; i < b->n_files; i++)
+                b->files[i].strings = NULL;
+        arena_free(&b->tag_strings);
+        for (size_t v = 0; b->vf_album_artist && v < b->n_vf; v++)
+                free(b->vf_album_artist[v]);
+        free(b->vf_album_artist);
+        free(b->vf_compilation);
+        free(b->vf_album);
+        free(b->tag_groups);
+        free(b->albums);
+        b->vf_album_artist = NULL;
+        b->vf_compilation = NULL;
+        b->vf_album = NULL;
+        b->tag_groups = NULL;
+        b->albums = NULL;
+        b->n_tag_groups = b->n_albums = 0;
+}
+
+/* Once the nodes hold the files' sizes, times and replicas, the rows are done with too: inode numbers
+ * go by rendered path. */
+static void build_drop_rows(Build *b) {
+        free(b->files);
+        free(b->order);
+        free(b->rep_next);
+        free(b->vf_best);
+        free(b->vf_last);
+        free(b->vf_n_rep);
+        b->files = NULL;
+        b->order = b->rep_next = b->vf_best = b->vf_last = b->vf_n_rep = NULL;
+        b->n_files = b->cap_files = 0;
 }
 
 /* Preferred replica first: origin priority (lower wins), origin id, rel_path. */
-static int file_rank_cmp(const CatalogFile *a, const CatalogFile *b) {
-        if (a->origin_priority != b->origin_priority)
-                return a->origin_priority < b->origin_priority ? -1 : 1;
+static int file_rank_cmp(const PackedFile *a, const PackedFile *b) {
+        if (a->priority != b->priority)
+                return a->priority < b->priority ? -1 : 1;
         if (a->origin_id != b->origin_id)
                 return a->origin_id < b->origin_id ? -1 : 1;
         int c = strcmp(a->rel_path, b->rel_path);
@@ -516,7 +628,7 @@ typedef struct ReplicaKey {
 static bool replica_eq(const void *ctx, uint32_t v, const void *key) {
         const Build *b = ctx;
         const ReplicaKey *k = key;
-        const CatalogFile *f = b->files + b->vf_best[v];
+        const PackedFile *f = b->files + b->vf_best[v];
         return f->size == k->size && strcmp(f->rel_path, k->rel_path) == 0;
 }
 
@@ -528,14 +640,10 @@ static int build_merge_replicas(Build *b) {
 
         if (!ALLOC_ARRAY(b->order, b->n_files) || !ALLOC_ARRAY(b->rep_next, b->n_files))
                 return -ENOMEM;
-        for (size_t i = 0; i < b->n_files; i++) {
-                if (!b->files[i].rel_path || !b->files[i].rel_path[0]) {
-                        log_warning("Catalog file %" PRIi64 " has no path, not listed", b->files[i].id);
-                        continue;
-                }
+        /* tree_builder_add() kept only the rows with a path */
+        for (size_t i = 0; i < b->n_files; i++)
                 b->order[b->n_valid++] = (uint32_t) i;
-        }
-        /* catalog_load_files() hands them over nearly always in this order already */
+        /* the catalog hands them over nearly always in this order already */
         for (size_t k = 1; k < b->n_valid; k++)
                 if (order_cmp(b->order + k - 1, b->order + k, b) > 0) {
                         qsort_r(b->order, b->n_valid, sizeof(uint32_t), order_cmp, b);
@@ -551,9 +659,10 @@ static int build_merge_replicas(Build *b) {
 
         for (size_t k = 0; k < b->n_valid; k++) {
                 uint32_t i = b->order[k];
-                const CatalogFile *f = b->files + i;
-                ReplicaKey key = { f->rel_path, f->size };
-                uint32_t h = hash_mix(hash_bytes(f->rel_path, strlen(f->rel_path)), f->size);
+                const PackedFile *f = b->files + i;
+                const char *rel_path = f->rel_path;
+                ReplicaKey key = { rel_path, f->size };
+                uint32_t h = hash_mix(hash_bytes(rel_path, strlen(rel_path)), f->size);
                 HashSlot *slot = hash_index_find(&idx, h, &key, replica_eq, b);
 
                 b->rep_next[i] = NONE;
@@ -602,7 +711,9 @@ static int build_group_albums(Build *b) {
         if (r < 0)
                 goto finish;
         for (size_t v = 0; v < b->n_vf; v++) {
-                const TrackTags *tags = file_tags(b->files + b->vf_best[v]);
+                CatalogFile best;
+                packed_view(b->files + b->vf_best[v], &best);
+                const TrackTags *tags = file_tags(&best);
                 TagGroup key = { .album = span_trimmed(tags->album), .artist = span_trimmed(tags->albumartist) };
 
                 vf_tag_group[v] = NONE;
@@ -636,7 +747,9 @@ static int build_group_albums(Build *b) {
         Span prev_albumartist = {}, prev_artist = {};
         bool prev_compilation = false;
         for (size_t v = 0; v < b->n_vf; v++) {
-                const TrackTags *tags = file_tags(b->files + b->vf_best[v]);
+                CatalogFile best;
+                packed_view(b->files + b->vf_best[v], &best);
+                const TrackTags *tags = file_tags(&best);
                 Span albumartist = span_trimmed(tags->albumartist), artist = span_trimmed(tags->artist);
 
                 b->vf_compilation[v] = vf_tag_group[v] != NONE ? b->tag_groups[vf_tag_group[v]].compilation
@@ -685,7 +798,9 @@ static int build_render(Build *b, const Template *tpl) {
                 return -ENOMEM;
 
         for (size_t v = 0; v < b->n_vf; v++) {
-                const CatalogFile *f = b->files + b->vf_best[v];
+                CatalogFile view;
+                packed_view(b->files + b->vf_best[v], &view);
+                const CatalogFile *f = &view;
                 const char *base = strrchr(f->rel_path, '/');
                 base = base ? base + 1 : f->rel_path;
                 const char *dot = strrchr(base, '.');
@@ -919,6 +1034,9 @@ static int build_nodes(Build *b) {
                 return r;
         t = b->tree;
         t->n_files = b->n_vf;
+        /* every row is a replica of one file: the replicas point at the rows' own rel_paths */
+        t->strings = b->rel_paths;
+        b->rel_paths = (Arena) {};
         if (!ALLOC_ARRAY(t->children, t->n_nodes) || !ALLOC_ARRAY(t->replicas, b->n_valid) ||
             !ALLOC_ARRAY(fill, b->n_dirs))
                 return -ENOMEM;
@@ -940,7 +1058,7 @@ static int build_nodes(Build *b) {
         TreeReplica *rep = t->replicas;
         for (size_t v = 0; v < b->n_vf; v++) {
                 TreeNode *n = t->nodes + b->n_dirs + v;
-                const CatalogFile *best = b->files + b->vf_best[v];
+                const PackedFile *best = b->files + b->vf_best[v];
                 const char *path = vf_final_path(b, (uint32_t) v);
                 const char *name = strrchr(path, '/');
 
@@ -950,18 +1068,14 @@ static int build_nodes(Build *b) {
                 n->size = best->size;
                 n->mtime_ns = best->mtime_ns;
                 n->replicas = rep;
-                /* replicas share their rel_path (D3), so one copy serves them all */
-                char *rel_path = arena_strndup(&t->strings, best->rel_path, strlen(best->rel_path));
-                if (!rel_path)
-                        return -ENOMEM;
                 for (uint32_t i = b->vf_best[v]; i != NONE; i = b->rep_next[i]) {
-                        const CatalogFile *f = b->files + i;
+                        const PackedFile *f = b->files + i;
 
                         *rep++ = (TreeReplica) {
                                 .origin_id = f->origin_id,
-                                .priority = f->origin_priority,
+                                .priority = f->priority,
                                 .file_id = f->id,
-                                .rel_path = rel_path,
+                                .rel_path = (char *) f->rel_path,
                         };
                         n->n_replicas++;
                 }
@@ -1081,50 +1195,162 @@ finish:
 }
 
 
-int tree_build(Catalog *catalog, const Template *tpl, const CatalogFile *files, size_t n_files, Tree **ret) {
-        Build b = { .files = files, .n_files = n_files };
-        int r;
-
-        r = FAILPOINT(TREE_PUBLISH);
-        if (r < 0)
-                return r;
-        if (!catalog || !tpl || (!files && n_files > 0) || !ret)
+int tree_builder_new(TreeBuilder **ret) {
+        if (!ret)
                 return -EINVAL;
-        if (n_files >= UINT32_MAX / 2)
+        *ret = calloc(1, sizeof(TreeBuilder));
+        return *ret ? 0 : -ENOMEM;
+}
+
+void tree_builder_free(TreeBuilder *tb) {
+        if (!tb)
+                return;
+        build_done(tb);
+        free(tb);
+}
+
+int tree_builder_add(TreeBuilder *tb, const CatalogFile *f) {
+        const char *fields[_PACKED_MAX] = {};
+        size_t len;
+        char *p;
+
+        if (!tb || !f)
+                return -EINVAL;
+        if (!f->rel_path || !f->rel_path[0]) {
+                log_warning("Catalog file %" PRIi64 " has no path, not listed", f->id);
+                return 0;
+        }
+        if (tb->n_files >= UINT32_MAX / 2)
                 return -E2BIG;
 
-        r = build_merge_replicas(&b);
+        fields[PACKED_FORMAT] = f->format;
+        if (f->parsed) {
+                fields[PACKED_TITLE] = f->tags.title;
+                fields[PACKED_ARTIST] = f->tags.artist;
+                fields[PACKED_ALBUM] = f->tags.album;
+                fields[PACKED_ALBUMARTIST] = f->tags.albumartist;
+                fields[PACKED_GENRE] = f->tags.genre;
+                fields[PACKED_COMPOSER] = f->tags.composer;
+        }
+
+        PackedFile row = {
+                .id = f->id,
+                .origin_id = f->origin_id,
+                .mtime_ns = f->mtime_ns,
+                .size = f->size,
+                .priority = f->origin_priority,
+                .parsed = f->parsed,
+        };
+        if (f->parsed) {
+                row.year = f->tags.year;
+                row.track = f->tags.track;
+                row.disc = f->tags.disc;
+                row.disc_total = f->tags.disc_total;
+                row.compilation = f->tags.compilation;
+        }
+        len = 0;
+        for (int k = 0; k < _PACKED_MAX; k++)
+                if (fields[k]) {
+                        row.present |= 1u << k;
+                        len += strlen(fields[k]) + 1;
+                }
+
+        if (tb->n_files == tb->cap_files) {
+                size_t cap = tb->cap_files ? tb->cap_files * 2 : 1024;
+                PackedFile *n = reallocarray(tb->files, cap, sizeof *n);
+                if (!n)
+                        return -ENOMEM;
+                tb->files = n;
+                tb->cap_files = cap;
+        }
+
+        row.rel_path = arena_strndup(&tb->rel_paths, f->rel_path, strlen(f->rel_path));
+        if (!row.rel_path)
+                return -ENOMEM;
+        if (len > 0) {
+                p = arena_alloc(&tb->tag_strings, len);
+                if (!p)
+                        return -ENOMEM;
+                row.strings = p;
+                for (int k = 0; k < _PACKED_MAX; k++)
+                        if (fields[k])
+                                p = stpcpy(p, fields[k]) + 1;
+        }
+
+        tb->files[tb->n_files++] = row;
+        return 0;
+}
+
+int tree_builder_finish(TreeBuilder *tb, Catalog *catalog, const Template *tpl, Tree **ret) {
+        size_t n_rows;
+        int r;
+
+        if (!tb)
+                return -EINVAL;
+        n_rows = tb->n_files;
+        r = FAILPOINT(TREE_PUBLISH);
         if (r < 0)
                 goto finish;
-        r = build_group_albums(&b);
+        if (!catalog || !tpl || !ret || tb->tree || tb->order) {
+                r = -EINVAL;
+                goto finish;
+        }
+
+        r = build_merge_replicas(tb);
         if (r < 0)
                 goto finish;
-        r = build_render(&b, tpl);
+        r = build_group_albums(tb);
         if (r < 0)
                 goto finish;
-        r = build_dirs(&b);
+        r = build_render(tb, tpl);
         if (r < 0)
                 goto finish;
-        r = build_names(&b);
+        build_drop_tags(tb);
+        r = build_dirs(tb);
         if (r < 0)
                 goto finish;
-        r = build_nodes(&b);
+        r = build_names(tb);
         if (r < 0)
                 goto finish;
-        r = build_inodes(&b, catalog);
+        r = build_nodes(tb);
         if (r < 0)
                 goto finish;
-        r = tree_index_files(b.tree);
+        build_drop_rows(tb);
+        r = build_inodes(tb, catalog);
+        if (r < 0)
+                goto finish;
+        r = tree_index_files(tb->tree);
         if (r < 0)
                 goto finish;
 
         log_debug("Tree built: %zu files from %zu catalog rows, %zu directories, %zu albums",
-                  b.n_vf, b.n_valid, b.n_dirs, b.n_albums);
-        *ret = TAKE_PTR(b.tree);
+                  tb->n_vf, tb->n_valid, tb->n_dirs, tb->n_albums);
+        *ret = TAKE_PTR(tb->tree);
 finish:
         if (r == -ENOMEM)
-                log_error_errno(r, "Out of memory building the tree of %zu files", n_files);
-        build_done(&b);
+                log_error_errno(r, "Out of memory building the tree of %zu files", n_rows);
+        build_done(tb);
+        return r;
+}
+
+int tree_build(Catalog *catalog, const Template *tpl, const CatalogFile *files, size_t n_files, Tree **ret) {
+        TreeBuilder *tb = NULL;
+        int r;
+
+        if (!catalog || !tpl || (!files && n_files > 0) || !ret)
+                return -EINVAL;
+        r = tree_builder_new(&tb);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_files; i++) {
+                r = tree_builder_add(tb, files + i);
+                if (r < 0) {
+                        tree_builder_free(tb);
+                        return r;
+                }
+        }
+        r = tree_builder_finish(tb, catalog, tpl, ret);
+        tree_builder_free(tb);
         return r;
 }
 

@@ -43,7 +43,19 @@ typedef struct TreeNode {
 
 typedef struct Tree Tree;
 
-/* Builds a tree. Assigns inode numbers through the catalog (catalog_nodes_*). */
+/* Builds a tree from catalog rows handed over one at a time (catalog_foreach_file()), keeping of
+ * each only what the tree needs: its numbers, rel_path, and format and tags packed in one string
+ * run until the paths are rendered. add() copies, so the row may go away after it; a row without a
+ * path is logged and left out. finish() builds as tree_build() always did, assigning inode numbers
+ * through the catalog (catalog_nodes_*: call it after the walk, not from its callback, which holds
+ * the catalog's lock), and leaves the builder empty whatever it returns. */
+typedef struct TreeBuilder TreeBuilder;
+int tree_builder_new(TreeBuilder **ret);
+int tree_builder_add(TreeBuilder *tb, const CatalogFile *f);
+int tree_builder_finish(TreeBuilder *tb, Catalog *catalog, const Template *tpl, Tree **ret);
+void tree_builder_free(TreeBuilder *tb);       /* NULL is fine */
+
+/* Builds a tree from an array of rows: a tree builder fed with each of them. */
 int tree_build(Catalog *catalog, const Template *tpl, const CatalogFile *files, size_t n_files, Tree **ret);
 /* An empty tree (root only), for the moment before the catalog is read. */
 int tree_new_empty(Tree **ret);

@@ -278,6 +278,69 @@ static void test_load_priority_order(void **state) {
         catalog_close(c);
 }
 
+typedef struct Walk {
+        Catalog *catalog;
+        const CatalogFile *want;
+        size_t n_want, seen, stop_at;
+        int inner;              /* what a catalog call from inside the walk got */
+} Walk;
+
+static int walk_row(const CatalogFile *f, void *userdata) {
+        Walk *w = userdata;
+        uint64_t count = 0;
+
+        assert_true(w->seen < w->n_want);
+        assert_int_equal(f->id, w->want[w->seen].id);
+        assert_int_equal(f->origin_priority, w->want[w->seen].origin_priority);
+        assert_same_file(f, &w->want[w->seen]);
+        if (w->seen == 0)
+                w->inner = catalog_count_files(w->catalog, &count);
+        if (++w->seen == w->stop_at)
+                return -ECANCELED;
+        return 0;
+}
+
+/* catalog_foreach_file() hands over the rows of catalog_load_files(), in its order, one at a time. */
+static void test_foreach_file(void **state) {
+        Fixture *f = *state;
+        CatalogFile *loaded = NULL;
+        size_t n = 0;
+        Catalog *c = open_ok(f->db);
+
+        /* an empty catalog walks nothing */
+        Walk w = { .catalog = c };
+        assert_int_equal(catalog_foreach_file(c, walk_row, &w), 0);
+        assert_int_equal(w.seen, 0);
+
+        int64_t nas = origin(c, "nas", 1), local = origin(c, "local", 0), backup = origin(c, "backup", 0);
+        CatalogFile files[] = {
+                make_file(nas, "z.flac", 1), make_file(local, "b.flac", 2), make_file(backup, "a.flac", 3),
+                make_file(nas, "a.flac", 4), make_file(local, "B.flac", 5), make_file(local, "a/x.flac", 6),
+        };
+        upsert_all(c, files, ELEMENTSOF(files), 1);
+        assert_int_equal(catalog_load_files(c, &loaded, &n), 0);
+        assert_int_equal(n, ELEMENTSOF(files));
+
+        w = (Walk) { .catalog = c, .want = loaded, .n_want = n };
+        assert_int_equal(catalog_foreach_file(c, walk_row, &w), 0);
+        assert_int_equal(w.seen, n);
+        /* the callback runs with the lock held: the catalog refuses a call from it */
+        assert_int_equal(w.inner, -EDEADLK);
+
+        /* a negative return stops the walk and is handed back; the catalog is usable afterwards */
+        w = (Walk) { .catalog = c, .want = loaded, .n_want = n, .stop_at = 2 };
+        assert_int_equal(catalog_foreach_file(c, walk_row, &w), -ECANCELED);
+        assert_int_equal(w.seen, 2);
+        w = (Walk) { .catalog = c, .want = loaded, .n_want = n };
+        assert_int_equal(catalog_foreach_file(c, walk_row, &w), 0);
+        assert_int_equal(w.seen, n);
+        assert_int_equal(catalog_foreach_file(NULL, walk_row, &w), -EINVAL);
+        assert_int_equal(catalog_foreach_file(c, NULL, &w), -EINVAL);
+
+        catalog_files_free(loaded, n);
+        catalog_close(c);
+}
+
 static void test_scan_touch_finish(void **state) {
         Fixture *f = *state;
         CatalogFile *loaded = NULL;
@@ -830,6 +893,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_create_migrate_reopen, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_future_version_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_load_priority_order, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_foreach_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_scan_touch_finish, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_origin_remove_cascades, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_nodes_stable, setup, teardown),

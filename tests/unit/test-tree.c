@@ -111,6 +111,26 @@ static void sync_origins(Fixture *f, const char *const *origins, const Spec *spe
         }
 }
 
+static char *dump(const Tree *t);
+
+static int add_row(const CatalogFile *f, void *userdata) {
+        return tree_builder_add(userdata, f);
+}
+
+/* Streams the catalog's rows into a tree builder, as the daemon does. */
+static Tree *build_streaming(Fixture *f) {
+        TreeBuilder *tb = NULL;
+        Tree *t = NULL;
+
+        assert_int_equal(tree_builder_new(&tb), 0);
+        assert_int_equal(catalog_foreach_file(f->catalog, add_row, tb), 0);
+        assert_int_equal(tree_builder_finish(tb, f->catalog, f->tpl, &t), 0);
+        assert_non_null(t);
+        tree_builder_free(tb);
+        return t;
+}
+
+/* Builds from the loaded array, and checks that streaming the rows builds the very same tree. */
 static Tree *build(Fixture *f) {
         CatalogFile *files = NULL;
         size_t n = 0;
@@ -120,6 +140,12 @@ static Tree *build(Fixture *f) {
         assert_int_equal(tree_build(f->catalog, f->tpl, files, n, &t), 0);
         assert_non_null(t);
         catalog_files_free(files, n);
+
+        Tree *streamed = build_streaming(f);
+        _cleanup_free_ char *want = dump(t), *got = dump(streamed);
+        assert_string_equal(want, got);
+        assert_int_equal(tree_track_count(streamed), tree_track_count(t));
+        tree_unref(streamed);
         return t;
 }
 
@@ -758,6 +784,60 @@ static void test_empty_catalog(void **state) {
         assert_int_equal(tree_track_count(t), 0);
         tree_unref(t);
         assert_int_equal(tree_build(NULL, f->tpl, NULL, 0, &t), -EINVAL);
+
+        /* a builder given nothing builds the root alone, and is empty again after finishing */
+        TreeBuilder *tb = NULL;
+        assert_int_equal(tree_builder_new(&tb), 0);
+        assert_int_equal(tree_builder_finish(tb, f->catalog, f->tpl, &t), 0);
+        assert_int_equal(tree_node_count(t), 1);
+        tree_unref(t);
+        t = NULL;
+        assert_int_equal(tree_builder_finish(tb, NULL, f->tpl, &t), -EINVAL);
+        assert_null(t);
+        tree_builder_free(tb);
+        tree_builder_free(NULL);
+}
+
+/* Rows handed to a builder are copied: the caller may reuse or free them at once, as the catalog's
+ * walk does with its rows. Rows without a path are left out. */
+static void test_builder_copies_rows(void **state) {
+        Fixture *f = *state;
+        Tree *want = NULL, *got = NULL;
+        CatalogFile *files = NULL;
+        TreeBuilder *tb = NULL;
+        size_t n = 0;
+
+        sync_origins(f, both, library, ELEMENTSOF(library));
+        want = build(f);
+
+        assert_int_equal(catalog_load_files(f->catalog, &files, &n), 0);
+        assert_int_equal(tree_builder_new(&tb), 0);
+        for (size_t i = 0; i < n; i++) {
+                CatalogFile copy = {};
+                copy = files[i];
+                copy.rel_path = strdup(files[i].rel_path);
+                copy.tags.title = files[i].tags.title ? strdup(files[i].tags.title) : NULL;
+                assert_non_null(copy.rel_path);
+                assert_int_equal(tree_builder_add(tb, &copy), 0);
+                /* scribble over the strings before freeing them */
+                memset(copy.rel_path, 'x', strlen(copy.rel_path));
+                if (copy.tags.title)
+                        memset(copy.tags.title, 'y', strlen(copy.tags.title));
+                free(copy.rel_path);
+                free(copy.tags.title);
+        }
+        CatalogFile no_path = { .id = 999, .origin_id = files[0].origin_id, .rel_path = (char *) "" };
+        assert_int_equal(tree_builder_add(tb, &no_path), 0);
+        no_path.rel_path = NULL;
+        assert_int_equal(tree_builder_add(tb, &no_path), 0);
+        assert_int_equal(tree_builder_finish(tb, f->catalog, f->tpl, &got), 0);
+        tree_builder_free(tb);
+        catalog_files_free(files, n);
+
+        _cleanup_free_ char *a = dump(want), *b = dump(got);
+        assert_string_equal(a, b);
+        tree_unref(want);
+        tree_unref(got);
 }
 
 static void test_failpoint(void **state) {
@@ -788,6 +868,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_diff, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_store_refcount, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_empty_catalog, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_builder_copies_rows, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_failpoint, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
