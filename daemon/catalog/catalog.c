@@ -865,10 +865,9 @@ int catalog_origin_remove(Catalog *c, const char *name) {
         return 0;
 }
 
-static int read_file_row(sqlite3_stmt *s, CatalogFile *f) {
-        int r;
-
-        *f = (CatalogFile) {
+/* A file row's numbers; its strings are the columns of file_row_strings (STMT_LOAD_* order). */
+static CatalogFile file_row_numbers(sqlite3_stmt *s) {
+        return (CatalogFile) {
                 .id = sqlite3_column_int64(s, 0),
                 .origin_id = sqlite3_column_int64(s, 1),
                 .origin_priority = (unsigned) sqlite3_column_int64(s, 2),
@@ -882,23 +881,57 @@ static int read_file_row(sqlite3_stmt *s, CatalogFile *f) {
                 .tags.compilation = sqlite3_column_int(s, 18) != 0,
                 .tags.duration_ms = sqlite3_column_int64(s, 19),
         };
+}
 
-        if ((r = column_string(s, 3, &f->rel_path)) < 0 ||
-            (r = column_string(s, 6, &f->format)) < 0 ||
-            (r = column_string(s, 8, &f->tags.title)) < 0 ||
-            (r = column_string(s, 9, &f->tags.artist)) < 0 ||
-            (r = column_string(s, 10, &f->tags.album)) < 0 ||
-            (r = column_string(s, 11, &f->tags.albumartist)) < 0 ||
-            (r = column_string(s, 12, &f->tags.genre)) < 0 ||
-            (r = column_string(s, 13, &f->tags.composer)) < 0) {
-                catalog_file_free_members(f);
-                return r;
+static const struct {
+        int column;
+        size_t offset;
+} file_row_strings[] = {
+        { 3, offsetof(CatalogFile, rel_path) },
+        { 6, offsetof(CatalogFile, format) },
+        { 8, offsetof(CatalogFile, tags.title) },
+        { 9, offsetof(CatalogFile, tags.artist) },
+        { 10, offsetof(CatalogFile, tags.album) },
+        { 11, offsetof(CatalogFile, tags.albumartist) },
+        { 12, offsetof(CatalogFile, tags.genre) },
+        { 13, offsetof(CatalogFile, tags.composer) },
+};
+
+static char **file_row_string(CatalogFile *f, size_t i) {
+        return (char **) ((uint8_t *) f + file_row_strings[i].offset);
+}
+
+/* A column's text as SQLite holds it: valid until the statement steps or is reset. */
+static const char *column_text_borrowed(sqlite3_stmt *s, int i, int *error) {
+        if (sqlite3_column_type(s, i) == SQLITE_NULL)
+                return NULL;
+        const char *t = (const char *) sqlite3_column_text(s, i);
+        if (!t)
+                *error = -ENOMEM;
+        return t;
+}
+
+/* borrow: the strings point into SQLite's buffers (valid until the statement steps or resets);
+ * otherwise they are copies the caller frees with catalog_file_free_members(). */
+static int read_file_row(sqlite3_stmt *s, bool borrow, CatalogFile *f) {
+        int r = 0;
+
+        *f = file_row_numbers(s);
+        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(file_row_strings); i++) {
+                if (borrow)
+                        *file_row_string(f, i) = (char *) column_text_borrowed(s, file_row_strings[i].column, &r);
+                else
+                        r = column_string(s, file_row_strings[i].column, file_row_string(f, i));
         }
-        if (!f->rel_path) {     /* NOT NULL in the schema: only a damaged row gets here */
-                catalog_file_free_members(f);
-                return -EBADMSG;
+        /* rel_path is NOT NULL in the schema: only a damaged row lacks it. */
+        if (r >= 0 && !f->rel_path)
+                r = -EBADMSG;
+        if (r < 0) {
+                if (!borrow)
+                        catalog_file_free_members(f);
+                *f = (CatalogFile) {};
         }
-        return 0;
+        return r;
 }
 
 /* Files accumulate in one array that grows geometrically: one allocation per string, none per row. */
@@ -912,8 +945,10 @@ static void file_list_done(FileList *l) {
         *l = (FileList) {};
 }
 
-/* Runs a file query of one origin (bound to origin_id) to the end, appending its rows. */
-static int catalog_append_origin_files(Catalog *c, int64_t origin_id, FileList *l) {
+/* One origin's rows (the query bound to origin_id), each handed to cb as it is stepped. borrow: the
+ * strings are SQLite's own buffers, valid during the call; otherwise they are copies that cb takes
+ * over when it succeeds (they are freed here when it fails). */
+static int catalog_walk_origin_files(Catalog *c, int64_t origin_id, bool borrow, catalog_file_fn cb, void *userdata) {
         _cleanup_stmt_reset_ sqlite3_stmt *s = NULL;
         int rc, r;
 
@@ -925,24 +960,47 @@ static int catalog_append_origin_files(Catalog *c, int64_t origin_id, FileList *
                 return catalog_error(c, rc, "load bind");
 
         for (;;) {
+                CatalogFile f;
+
                 rc = sqlite3_step(s);
                 if (rc == SQLITE_DONE)
                         return 0;
                 if (rc != SQLITE_ROW)
                         return catalog_error(c, rc, "load files");
-                if (l->n == l->allocated) {
-                        size_t want = l->allocated ? l->allocated * 2 : 1024;
-                        CatalogFile *p = reallocarray(l->files, want, sizeof *l->files);
-                        if (!p)
-                                return log_error_errno(ENOMEM, "Catalog %s: out of memory loading files", c->path);
-                        l->files = p;
-                        l->allocated = want;
-                }
-                r = read_file_row(s, &l->files[l->n]);
+                r = read_file_row(s, borrow, &f);
                 if (r < 0)
                         return log_error_errno(r, "Catalog %s: cannot read a file row: %m", c->path);
-                l->n++;
+                r = cb(&f, userdata);
+                if (r < 0) {
+                        if (!borrow)
+                                catalog_file_free_members(&f);
+                        return r;
+                }
         }
+}
+
+/* Takes the row over (its strings are copies, see catalog_walk_origin_files()). */
+static int file_list_append(const CatalogFile *f, void *userdata) {
+        FileList *l = userdata;
+
+        if (l->n == l->allocated) {
+                size_t want = l->allocated ? l->allocated * 2 : 1024;
+                CatalogFile *p = reallocarray(l->files, want, sizeof *l->files);
+                if (!p)
+                        return -ENOMEM;
+                l->files = p;
+                l->allocated = want;
+        }
+        l->files[l->n++] = *f;
+        return 0;
+}
+
+/* Runs a file query of one origin (bound to origin_id) to the end, appending its rows. */
+static int catalog_append_origin_files(Catalog *c, int64_t origin_id, FileList *l) {
+        int r = catalog_walk_origin_files(c, origin_id, false, file_list_append, l);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Catalog %s: out of memory loading files: %m", c->path);
+        return r;
 }
 
 static int catalog_ordered_origins(Catalog *c, int64_t **ret, size_t *ret_n) {
@@ -975,11 +1033,35 @@ static int catalog_ordered_origins(Catalog *c, int64_t **ret, size_t *ret_n) {
         return 0;
 }
 
+/* Runs per_origin on every origin in catalog order, origin by origin off the UNIQUE (origin_id,
+ * rel_path) index: this is the startup path, and it saves sorting every row of the library. One read
+ * transaction keeps the origins and their files one snapshot. Under the lock. */
+typedef int (*origin_rows_fn)(Catalog *c, int64_t origin_id, void *userdata);
+static int catalog_walk_origins_locked(Catalog *c, origin_rows_fn per_origin, void *userdata) {
+        _cleanup_free_ int64_t *origins = NULL;
+        size_t n_origins = 0;
+        int r;
+
+        r = catalog_exec(c, "BEGIN");
+        if (r < 0)
+                return r;
+        r = catalog_ordered_origins(c, &origins, &n_origins);
+        for (size_t i = 0; r >= 0 && i < n_origins; i++)
+                r = per_origin(c, origins[i], userdata);
+        if (r >= 0)
+                r = catalog_exec(c, "COMMIT");
+        if (r < 0)
+                catalog_rollback(c);
+        return r;
+}
+
+static int append_origin_rows(Catalog *c, int64_t origin_id, void *userdata) {
+        return catalog_append_origin_files(c, origin_id, userdata);
+}
+
 int catalog_load_files(Catalog *c, CatalogFile **ret, size_t *ret_n) {
         _cleanup_catalog_unlock_ Catalog *locked = NULL;
-        _cleanup_free_ int64_t *origins = NULL;
         FileList l = {};
-        size_t n_origins = 0;
         int r;
 
         if (!c || !ret || !ret_n)
@@ -989,97 +1071,30 @@ int catalog_load_files(Catalog *c, CatalogFile **ret, size_t *ret_n) {
                 return r;
         locked = c;
 
-        /* Origin by origin, each read in rel_path order straight off the UNIQUE (origin_id, rel_path)
-         * index: this is the startup path, and it saves sorting every row of the library. One read
-         * transaction keeps the origins and their files one snapshot. */
-        r = catalog_exec(c, "BEGIN");
-        if (r < 0)
-                return r;
-        r = catalog_ordered_origins(c, &origins, &n_origins);
-        for (size_t i = 0; r >= 0 && i < n_origins; i++)
-                r = catalog_append_origin_files(c, origins[i], &l);
-        if (r >= 0)
-                r = catalog_exec(c, "COMMIT");
+        r = catalog_walk_origins_locked(c, append_origin_rows, &l);
         if (r < 0) {
-                catalog_rollback(c);
                 file_list_done(&l);
                 return r;
         }
-
         *ret = l.files;
         *ret_n = l.n;
         return 0;
 }
 
-/* A column's text as SQLite holds it: valid until the statement steps or is reset. */
-static const char *column_text_borrowed(sqlite3_stmt *s, int i, int *error) {
-        if (sqlite3_column_type(s, i) == SQLITE_NULL)
-                return NULL;
-        const char *t = (const char *) sqlite3_column_text(s, i);
-        if (!t)
-                *error = -ENOMEM;
-        return t;
-}
 
-/* One origin's rows, each handed to cb as it is stepped: the strings are SQLite's own buffers. */
-static int catalog_walk_origin_files(Catalog *c, int64_t origin_id, catalog_file_fn cb, void *userdata) {
-        _cleanup_stmt_reset_ sqlite3_stmt *s = NULL;
-        int rc, r;
+typedef struct RowWalk {
+        catalog_file_fn cb;
+        void *userdata;
+} RowWalk;
 
-        r = catalog_statement(c, STMT_LOAD_ORIGIN_FILES, &s);
-        if (r < 0)
-                return r;
-        rc = sqlite3_bind_int64(s, 1, origin_id);
-        if (rc != SQLITE_OK)
-                return catalog_error(c, rc, "load bind");
-
-        for (;;) {
-                int error = 0;
-
-                rc = sqlite3_step(s);
-                if (rc == SQLITE_DONE)
-                        return 0;
-                if (rc != SQLITE_ROW)
-                        return catalog_error(c, rc, "load files");
-
-                /* the same columns as read_file_row(), borrowed rather than copied */
-                CatalogFile f = {
-                        .id = sqlite3_column_int64(s, 0),
-                        .origin_id = sqlite3_column_int64(s, 1),
-                        .origin_priority = (unsigned) sqlite3_column_int64(s, 2),
-                        .size = (uint64_t) sqlite3_column_int64(s, 4),
-                        .mtime_ns = sqlite3_column_int64(s, 5),
-                        .parsed = sqlite3_column_int(s, 7) != 0,
-                        .tags.year = sqlite3_column_int(s, 14),
-                        .tags.track = sqlite3_column_int(s, 15),
-                        .tags.disc = sqlite3_column_int(s, 16),
-                        .tags.disc_total = sqlite3_column_int(s, 17),
-                        .tags.compilation = sqlite3_column_int(s, 18) != 0,
-                        .tags.duration_ms = sqlite3_column_int64(s, 19),
-                };
-                f.rel_path = (char *) column_text_borrowed(s, 3, &error);
-                f.format = (char *) column_text_borrowed(s, 6, &error);
-                f.tags.title = (char *) column_text_borrowed(s, 8, &error);
-                f.tags.artist = (char *) column_text_borrowed(s, 9, &error);
-                f.tags.album = (char *) column_text_borrowed(s, 10, &error);
-                f.tags.albumartist = (char *) column_text_borrowed(s, 11, &error);
-                f.tags.genre = (char *) column_text_borrowed(s, 12, &error);
-                f.tags.composer = (char *) column_text_borrowed(s, 13, &error);
-                if (error < 0)
-                        return log_error_errno(error, "Catalog %s: cannot read a file row: %m", c->path);
-                if (!f.rel_path)        /* NOT NULL in the schema: only a damaged row gets here */
-                        return log_error_errno(EBADMSG, "Catalog %s: cannot read a file row: %m", c->path);
-
-                r = cb(&f, userdata);
-                if (r < 0)
-                        return r;
-        }
+static int walk_origin_rows(Catalog *c, int64_t origin_id, void *userdata) {
+        RowWalk *w = userdata;
+        return catalog_walk_origin_files(c, origin_id, true, w->cb, w->userdata);
 }
 
 int catalog_foreach_file(Catalog *c, catalog_file_fn cb, void *userdata) {
         _cleanup_catalog_unlock_ Catalog *locked = NULL;
-        _cleanup_free_ int64_t *origins = NULL;
-        size_t n_origins = 0;
+        RowWalk w = { .cb = cb, .userdata = userdata };
         int r;
 
         if (!c || !cb)
@@ -1089,21 +1104,9 @@ int catalog_foreach_file(Catalog *c, catalog_file_fn cb, void *userdata) {
                 return r;
         locked = c;
 
-        /* As catalog_load_files(): origin by origin off the (origin_id, rel_path) index, in one read
-         * transaction so that the origins and their files are one snapshot. */
-        r = catalog_exec(c, "BEGIN");
-        if (r < 0)
-                return r;
-        r = catalog_ordered_origins(c, &origins, &n_origins);
-        for (size_t i = 0; r >= 0 && i < n_origins; i++)
-                r = catalog_walk_origin_files(c, origins[i], cb, userdata);
-        if (r >= 0)
-                r = catalog_exec(c, "COMMIT");
-        if (r < 0) {
-                catalog_rollback(c);
-                return r;
-        }
-        return 0;
+        /* As catalog_load_files(), without the copies. */
+        r = catalog_walk_origins_locked(c, walk_origin_rows, &w);
+        return r < 0 ? r : 0;
 }
 
 int catalog_load_origin_files(Catalog *c, int64_t origin_id, CatalogFile **ret, size_t *ret_n) {
@@ -1630,7 +1633,7 @@ int catalog_load_origin_files_under(Catalog *c, int64_t origin_id, const char *p
                         l.files = p;
                         l.allocated = want;
                 }
-                r = read_file_row(s, &l.files[l.n]);
+                r = read_file_row(s, false, &l.files[l.n]);
                 if (r < 0) {
                         file_list_done(&l);
                         return r;
