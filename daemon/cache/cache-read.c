@@ -396,8 +396,9 @@ static FillJob *fills_find_locked(CacheFills *f, const char *key) {
         return NULL;
 }
 
-/* Takes j out of the table and drops the table's reference. */
-static void fills_remove_locked(CacheFills *f, FillJob *j) {
+/* Takes j out of the table with its final state (FILL_DONE or FILL_FAILED) and drops the table's
+ * reference: the state is set before, as that reference may be the last. */
+static void fills_remove_locked(CacheFills *f, FillJob *j, FillState final) {
         for (size_t i = 0; i < f->n_jobs; i++)
                 if (f->jobs[i] == j) {
                         f->jobs[i] = f->jobs[--f->n_jobs];
@@ -405,6 +406,7 @@ static void fills_remove_locked(CacheFills *f, FillJob *j) {
                 }
         if (j->state == FILL_QUEUED)
                 f->n_queued--;
+        j->state = final;
         fill_job_unref_locked(j);
 }
 
@@ -445,8 +447,7 @@ static int fill_queue_ref(Cache *c, const CacheFileSpec *spec, CacheFillKind kin
                         FillJob *victim = fills_droppable_locked(f);
                         if (victim) {
                                 log_debug("Fill queue full, dropping the read-ahead of %s", victim->spec.path);
-                                fills_remove_locked(f, victim);
-                                victim->state = FILL_FAILED;
+                                fills_remove_locked(f, victim, FILL_FAILED);
                         } else if (kind != CACHE_FILL_READER || f->n_queued >= 2 * FILL_QUEUE_MAX) {
                                 r = -ENOBUFS;
                                 goto finish;
@@ -505,8 +506,7 @@ static void fill_readahead_release(CacheFills *f, FillJob *j, bool cancel) {
         if (cancel && j->ra_owners == 0 && j->kind == CACHE_FILL_READAHEAD) {
                 if (j->state == FILL_QUEUED) {
                         log_debug("Read-ahead of %s cancelled before it started", j->spec.path);
-                        fills_remove_locked(f, j);
-                        j->state = FILL_FAILED;
+                        fills_remove_locked(f, j, FILL_FAILED);
                 } else if (j->state == FILL_RUNNING) {
                         log_debug("Read-ahead of %s cancelled", j->spec.path);
                         atomic_store(&j->cancel, true);
@@ -881,8 +881,7 @@ static void *fill_thread(void *userdata) {
 
                 pthread_mutex_lock(&f->lock);
                 f->n_running--;
-                j->state = r >= 0 ? FILL_DONE : FILL_FAILED;
-                fills_remove_locked(f, j);
+                fills_remove_locked(f, j, r >= 0 ? FILL_DONE : FILL_FAILED);
         }
         pthread_mutex_unlock(&f->lock);
         return NULL;
@@ -944,7 +943,7 @@ void cache_fills_free(CacheFills *f) {
         /* What is left never ran. */
         while (f->n_jobs > 0) {
                 FillJob *j = f->jobs[0];
-                fills_remove_locked(f, j);
+                fills_remove_locked(f, j, FILL_FAILED);
         }
         free(f->jobs);
         free(f->threads);
