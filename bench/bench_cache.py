@@ -349,13 +349,7 @@ class PassthroughLL:
         return self.proc.pid
 
     def cleanup(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        harness.terminate(self.proc)
         harness.lazy_unmount(self.mountpoint)
         if self.logf:
             self.logf.close()

@@ -365,13 +365,7 @@ class PassthroughLL:
             raise RuntimeError('passthrough_ll exited with %s' % self.proc.returncode)
 
     def cleanup(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        harness.terminate(self.proc)
         harness.lazy_unmount(self.mountpoint)
         if self.proc:
             self.logf.close()

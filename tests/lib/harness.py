@@ -139,6 +139,17 @@ def is_mounted(path, fstype_prefix=None):
     return False
 
 
+def terminate(proc, timeout=10.0):
+    """SIGTERM a child that still runs, SIGKILL it after timeout seconds; reaps it either way."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def lazy_unmount(path):
     """Detaches path if something is mounted there; True when it is gone afterwards."""
     if not is_mounted(path):
@@ -424,13 +435,7 @@ class Daemon:
     def cleanup(self):
         """Never raises: kill, unmount, remove temp dirs."""
         try:
-            if self.proc and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            terminate(self.proc)
         except OSError:
             pass
         if self.mountpoint:

@@ -173,6 +173,29 @@ class NotifyClock:
 # --------------------------------------------------------------------------------------------------
 # Readers.
 
+class ThreadLoad:
+    """Threads running self.run(index) until self.stop is set, as a context manager: started on
+    entry, stopped and joined (30 s each at most) on exit. Subclasses set their state, then call
+    ThreadLoad.__init__()."""
+
+    def __init__(self, threads):
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+
+    def run(self, index):
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30.0)
+
+
 class Reader(threading.Thread):
     """Reads a whole file (open, read to EOF, close) in a daemon thread, so that a reader stuck in a
     FUSE request never keeps the test process alive. Records data, errno and timings."""
@@ -429,19 +452,18 @@ def origin_bytes(path):
     return _origin_bytes[path]
 
 
-def noise_library(testcase, sizes, seed=1, prefix='noise'):
-    """A private library of WAV files of random noise (every chunk unique, so nothing dedups) of the
-    given sizes. Untagged, so each renders as Unknown Artist/Unknown Album/<stem>.wav.
-    Returns (dir, {virtual path: origin path})."""
+def write_noise_wavs(root, sizes, seed, prefix='noise'):
+    """WAV files of random noise (every chunk unique, so nothing dedups) of the given sizes in root.
+    Untagged, so each renders as Unknown Artist/Unknown Album/<stem>.wav.
+    Returns {virtual path: origin path}."""
     import random
     import wave
-    d = os.path.join(testcase.tempdir('musicfs-noise-'), 'lib')
-    os.makedirs(d)
+    os.makedirs(root, exist_ok=True)
     rng = random.Random(seed)
     files = {}
     for i, size in enumerate(sizes):
         stem = '%s-%02d' % (prefix, i + 1)
-        path = os.path.join(d, stem + '.wav')
+        path = os.path.join(root, stem + '.wav')
         w = wave.open(path, 'wb')
         w.setnchannels(2)
         w.setsampwidth(2)
@@ -449,7 +471,13 @@ def noise_library(testcase, sizes, seed=1, prefix='noise'):
         w.writeframes(rng.randbytes(max(4, (size - 44) // 4 * 4)))
         w.close()
         files[genlib.render({}, stem, 'wav')] = path
-    return d, files
+    return files
+
+
+def noise_library(testcase, sizes, seed=1, prefix='noise'):
+    """write_noise_wavs() into a private library of the test. Returns (dir, {virtual path: origin path})."""
+    d = os.path.join(testcase.tempdir('musicfs-noise-'), 'lib')
+    return d, write_noise_wavs(d, sizes, seed, prefix)
 
 
 def chunks_dir(d):

@@ -25,19 +25,18 @@ from rutil import harness  # noqa: E402
 MiB = 1 << 20
 
 
-class RangeReaders:
+class RangeReaders(rutil.ThreadLoad):
     """Threads reading random ranges (and whole copies) of one file until stopped or a read count is
     reached; every byte compared with the origin. Errors of a dead mount are counted apart."""
 
     def __init__(self, path, origin, threads=6, max_reads=400):
         self.path = path
         self.origin = rutil.origin_bytes(origin)
-        self.stop = threading.Event()
         self.wrong = []
         self.errors = []
         self.reads = 0
         self.max_reads = max_reads
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+        super().__init__(threads)
 
     def run(self, seed):
         rng = random.Random(seed)
@@ -60,17 +59,6 @@ class RangeReaders:
             self.reads += 1
             if data != self.origin[off:off + length]:
                 self.wrong.append((off, length, len(data)))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30.0)
-
 
 class CacheCrashTest(harness.MusicfsTestCase):
 

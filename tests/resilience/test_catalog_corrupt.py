@@ -11,7 +11,6 @@ import glob
 import os
 import random
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +21,7 @@ BULK = 1000
 SCAN_BATCH = 50
 
 
-class Prober:
+class Prober(rutil.ThreadLoad):
     """Threads that list, stat and read the mount while it fills; only ENOENT is an acceptable
     error (a name the rescan has not reached yet)."""
 
@@ -30,11 +29,10 @@ class Prober:
         self.d = d
         self.files = files
         self.names = sorted(files)
-        self.stop = threading.Event()
         self.errors = []
         self.ops = 0
         self.found = 0
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+        super().__init__(threads)
 
     def run(self, seed):
         rng = random.Random(seed)
@@ -53,17 +51,6 @@ class Prober:
                 if e.errno != errno.ENOENT:
                     self.errors.append('%s: %s' % (v, e))
             self.ops += 1
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30.0)
-
 
 class CatalogCorruptTest(harness.MusicfsTestCase):
 

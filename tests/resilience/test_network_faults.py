@@ -25,20 +25,17 @@ about three minutes. Exits 77 without FUSE, node/s3rver or sshd."""
 
 import errno
 import os
-import random
 import re
 import sys
 import tempfile
 import threading
 import time
-import wave
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rutil  # noqa: E402
 from rutil import harness  # noqa: E402
 import dbus  # noqa: E402
 import faultproxy  # noqa: E402
-import genlib  # noqa: E402
 import s3peer  # noqa: E402
 import sftppeer  # noqa: E402
 
@@ -62,25 +59,6 @@ RECOVERY_BOUND_S = HEALTH_INTERVAL_S + 1.0
 SIZES = (150_000, 190_000, 230_000, 270_000)
 BUCKET = 'music'
 PREFIX = 'lib/'
-
-
-def noise_library(root, prefix, sizes, seed):
-    """WAV files of random noise (untagged: Unknown Artist/Unknown Album/<stem>.wav).
-    Returns {virtual path: origin path}."""
-    rng = random.Random(seed)
-    os.makedirs(root, exist_ok=True)
-    files = {}
-    for i, size in enumerate(sizes):
-        stem = '%s-%02d' % (prefix, i + 1)
-        path = os.path.join(root, stem + '.wav')
-        w = wave.open(path, 'wb')
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(44100)
-        w.writeframes(rng.randbytes((size - 44) // 4 * 4))
-        w.close()
-        files[genlib.render({}, stem, 'wav')] = path
-    return files
 
 
 class HeldReader(threading.Thread):
@@ -166,9 +144,9 @@ class RemoteFaults:
         super().setUpClass()
         cls.root = tempfile.mkdtemp(prefix='musicfs-netfault-')
         cls.lib = os.path.join(cls.root, 'lib')
-        cls.files = noise_library(cls.lib, 'noise', SIZES, seed=5)
+        cls.files = rutil.write_noise_wavs(cls.lib, SIZES, seed=5)
         cls.other_dir = os.path.join(cls.root, 'other')
-        cls.other = noise_library(cls.other_dir, 'other', (120_000,), seed=6)
+        cls.other = rutil.write_noise_wavs(cls.other_dir, (120_000,), seed=6, prefix='other')
         cls.vpaths = sorted(cls.files)
 
     @classmethod
