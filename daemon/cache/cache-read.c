@@ -1282,8 +1282,8 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
                 return k;
 
         ChunkStore *store = read_store(c);
-        for (size_t i = 0; store && i < n_prefetch; i++)
-                (void) chunk_store_prefetch(store, &prefetch[i]);
+        if (store && n_prefetch > 0)
+                (void) chunk_store_prefetch(store, prefetch, n_prefetch);
         k = reader_serve_range(r, &range, buf, size, offset, ret_origin);
         if (k == -ESTALE && from_version)
                 reader_drop_version(r, gen);

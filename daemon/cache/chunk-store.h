@@ -44,9 +44,10 @@ ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t buf
 /* The size of the chunk file, without reading or verifying it; -ENOENT when absent. */
 int chunk_store_stat(ChunkStore *s, const ChunkId *id, uint64_t *ret_size);
 int chunk_store_remove(ChunkStore *s, const ChunkId *id);      /* -ENOENT when absent */
-/* Asks the kernel to start reading the chunk file (POSIX_FADV_WILLNEED), so that a sequential reader
- * of a cached file does not wait for each small file in turn. Best effort; -ENOENT when absent. */
-int chunk_store_prefetch(ChunkStore *s, const ChunkId *id);
+/* Asks the kernel to start reading the n chunk files (POSIX_FADV_WILLNEED), so that a sequential
+ * reader of a cached file does not wait for each small file in turn. Best effort: files that are
+ * absent or cannot be opened are skipped. Returns how many were advised. */
+size_t chunk_store_prefetch(ChunkStore *s, const ChunkId *ids, size_t n);
 
 /* Every chunk file (names that are not chunk ids, and temporaries, are skipped and counted in
  * *ret_foreign if not NULL). fn returning <0 stops the walk with that value. */
