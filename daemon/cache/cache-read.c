@@ -35,6 +35,10 @@
 #define FILL_BATCH_BYTES (4u * 1024u * 1024u)           /* chunk bytes per store batch and progress step */
 #define FILL_BATCH_MIN_BYTES (64u * 1024u)
 #define FILL_QUEUE_MAX 1024u                            /* queued jobs; readers may go up to twice that */
+/* A fill waits while readers fetch missing bytes from the origins, until they have been quiet this
+ * long, but at most FILL_YIELD_MAX_USEC at a time (see fill_yield_to_readers()). */
+#define FILL_YIELD_QUIET_USEC (30u * 1000u)
+#define FILL_YIELD_MAX_USEC (1000u * 1000u)
 #define READER_SLOTS 4                                  /* verified chunks a reader keeps (≤ 4 × 256 KiB): the kernel has 2-3 requests of one file in flight, and each shares its boundary chunks with the next */
 /* A read this close to where the last one ended is still sequential: the kernel's read-ahead sends
  * several reads at once, and they arrive out of order. */
@@ -83,6 +87,10 @@ struct CacheFills {
         bool stopping;
         pthread_t *threads;
         unsigned n_threads;
+        /* Readers fetching bytes the cache lacks from the origins right now, and when the last of
+         * them finished (monotonic): what fills yield to. */
+        atomic_uint origin_readers;
+        atomic_uint_fast64_t origin_read_end_usec;
 };
 
 typedef struct ChunkSlot {
@@ -128,6 +136,12 @@ struct CacheReader {
 static uint64_t now_usec(void) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+static uint64_t monotonic_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
@@ -742,6 +756,39 @@ static int fill_flush(CacheFills *f, FillJob *j, FillBatch *b, uint64_t end) {
 
 /* Streams the file from its replicas through the chunker into the store. 0 when the version is
  * recorded; a negative errno when it stopped (the chunks stored so far stay). */
+/* A reader fetching what the cache lacks is what somebody waits for; a fill is background work.
+ * Both go to the same origin and the same disk, and letting them compete made a cold miss of a local
+ * 1 GiB file 25-35 % slower. So before each origin read a fill waits while readers are fetching, and
+ * until they have been quiet for FILL_YIELD_QUIET_USEC; a player's reads, spaced by its buffer, hardly
+ * ever hold it. It never waits more than FILL_YIELD_MAX_USEC at a time, so a reader that streams
+ * misses for minutes still gets its file filled, a read at a time. */
+static void fill_yield_to_readers(CacheFills *f, FillJob *j) {
+        uint64_t start = monotonic_usec();
+
+        pthread_mutex_lock(&f->lock);
+        while (!f->stopping && !atomic_load(&j->cancel)) {
+                uint64_t now = monotonic_usec(), quiet_from;
+                if (atomic_load(&f->origin_readers) > 0)
+                        quiet_from = now;
+                else {
+                        quiet_from = atomic_load(&f->origin_read_end_usec);
+                        if (quiet_from == 0 || now >= quiet_from + FILL_YIELD_QUIET_USEC)
+                                break;
+                }
+                if (now - start >= FILL_YIELD_MAX_USEC)
+                        break;
+                uint64_t until = quiet_from + FILL_YIELD_QUIET_USEC;
+                if (until > start + FILL_YIELD_MAX_USEC)
+                        until = start + FILL_YIELD_MAX_USEC;
+                struct timespec deadline = {
+                        .tv_sec = (time_t) (until / 1000000u),
+                        .tv_nsec = (long) (until % 1000000u) * 1000,
+                };
+                (void) pthread_cond_timedwait(&f->wake, &f->lock, &deadline);
+        }
+        pthread_mutex_unlock(&f->lock);
+}
+
 static int fill_run(CacheFills *f, FillJob *j) {
         Cache *c = f->cache;
         const CacheFileSpec *s = &j->spec;
@@ -779,6 +826,7 @@ static int fill_run(CacheFills *f, FillJob *j) {
                                 want = FILL_READ_SIZE;
                         if (want > s->size - read_pos)
                                 want = (size_t) (s->size - read_pos);
+                        fill_yield_to_readers(f, j);
                         ssize_t n = replica_reader_read(rr, buf + end, want, read_pos);
                         if (n >= 0 && (size_t) n < want)
                                 n = -EIO;       /* shorter than the catalog knows: changed since the scan */
@@ -898,7 +946,12 @@ int cache_fills_new(Cache *c, unsigned threads, CacheFills **ret) {
                 return -ENOMEM;
         f->cache = c;
         pthread_mutex_init(&f->lock, NULL);
-        pthread_cond_init(&f->wake, NULL);
+        /* Monotonic: fill_yield_to_readers() waits with deadlines, and a clock step must not stretch them. */
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&f->wake, &attr);
+        pthread_condattr_destroy(&attr);
         f->threads = calloc(threads, sizeof *f->threads);
         if (!f->threads) {
                 cache_fills_free(f);
@@ -1452,8 +1505,15 @@ ssize_t cache_reader_read(CacheReader *r, void *buf, size_t size, uint64_t offse
                 }
         }
         if (k == -EAGAIN || k == -ESTALE) {
+                CacheFills *f = c->fills;
                 from_origin = true;
+                if (f)
+                        atomic_fetch_add(&f->origin_readers, 1);
                 k = reader_origin_read(r, buf, size, offset);
+                if (f) {
+                        atomic_store(&f->origin_read_end_usec, monotonic_usec());
+                        atomic_fetch_sub(&f->origin_readers, 1);
+                }
                 /* After the answer, so the fill's first read does not compete with it for the link;
                  * and not when the origin just failed: the fill would too. */
                 if (k >= 0 && !passthrough)
