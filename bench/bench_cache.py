@@ -119,6 +119,29 @@ def read_file(path, timeout=300, bs=1 << 20):
     return n, s
 
 
+def read_chunk_files(paths, batch=32):
+    """Reads every file of paths in turn, opening a batch of them and advising it (WILLNEED) before
+    reading it, as musicfsd's prefetch does: what a native program gets from the cache's own layout
+    (D7: one file per chunk). Returns (bytes, seconds)."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(0, len(paths), batch):
+        fds = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths[i:i + batch]]
+        try:
+            for fd in fds:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            for fd in fds:
+                while True:
+                    b = os.read(fd, 1 << 20)
+                    if not b:
+                        break
+                    total += len(b)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return total, time.perf_counter() - t0
+
+
 def du(path, *opts):
     """du's total for path in bytes (0 while it does not exist yet; chunk files come and go under
     it, which du reports on stderr and skips)."""
@@ -528,8 +551,10 @@ class Run:
         # away read again with its pages in the page cache (the next system's drop_caches would
         # take them away).
         chunk_files = [os.path.join(dp, f) for dp, _, fs in os.walk(m.chunks_dir) for f in fs]
+        # In the order the fill wrote them: the file's order, as a reader of the file asks for them.
+        chunk_files.sort(key=lambda p: (os.stat(p).st_mtime_ns, p))
         paths = {'native': self.big, 'musicfs': mbig, 'passthrough_ll': pbig}
-        order = ['native', 'musicfs', 'passthrough_ll'] if pll else ['native', 'musicfs']
+        order = ['native', 'musicfs', 'chunk files'] + (['passthrough_ll'] if pll else [])
         k = r % len(order)
         for name in order[k:] + order[:k]:
             drop_caches()
@@ -540,6 +565,15 @@ class Run:
                 h1 = m.stats()
                 self.res.setdefault('cached_read_stats', []).append(
                     {k: h1[k] - h0[k] for k in ('hits', 'misses')})
+            elif name == 'chunk files':
+                # No FUSE, no verification: the layout's own cost, the floor under the cached read.
+                self.check_dropped(chunk_files, 'chunk files')
+                n, s = read_chunk_files(chunk_files)
+                self.res.setdefault('reads', {}).setdefault('chunk files cold', []).append({'s': s, 'bps': n / s,
+                                                                                         'cpu': {}})
+                log('  %-24s %.3f s  %s  (%d files, native reads in batches of 32)' % (
+                    'chunk files cold', s, fmt_rate(n / s), len(chunk_files)))
+                continue
             else:
                 self.check_dropped([self.big], 'origin file')
                 self.timed_read(name + ' cold', paths[name], pids)
@@ -797,6 +831,14 @@ def table(r):
             'native cold %s' % (spread(nat)),
             '%s (per round %s–%s)' % (fmt_ratio(a), fmt_ratio(lo), fmt_ratio(hi)), '≥ 0.8× native cold',
             ge(a, TARGET_CACHED_VS_NATIVE))
+        cf = rates(r, 'chunk files cold')
+        if cf:
+            a, lo, hi = ratio_stats(cached, cf)
+            rows.append('| the same, against the cache\'s chunk files read natively (no FUSE, no hashing; the '
+                        'files in the order they were written, 32 opened and advised at a time) | %s | chunk '
+                        'files cold %s (%s of native cold) | %s (per round %s–%s) | (info: the layout\'s own '
+                        'floor) | — |' % (fmt_rate(med(cached)), spread(cf), fmt_ratio(ratio_stats(cf, nat)[0]),
+                                         fmt_ratio(a), fmt_ratio(lo), fmt_ratio(hi)))
         if pc:
             a, lo, hi = ratio_stats(cached, pc)
             row('the same, against passthrough_ll', fmt_rate(med(cached)),
