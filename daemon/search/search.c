@@ -687,6 +687,62 @@ static char *strdup_or_empty(const char *s) {
         return strdup(s ? s : "");
 }
 
+/* catalog_search(), with a ranked answer whose order does not depend on the limit, so that Search
+ * (any limit), musicfsctl search --limit N and /.search/ (FS_SEARCH_RESULTS_MAX) begin with the same
+ * results. catalog_search() scores max(cap, limit) candidates, the first matches in rowid order: a
+ * limit past the cap would score more of them and reorder the top (measured at 1M tracks: "the" at
+ * limit 10000 shared 30 of its first 200 with limit 200). Past the cap, the first cap candidates are
+ * scored, as for every smaller limit, and the later matches follow unranked (score 0, rowid order;
+ * a scored match is always above 0). */
+static int search_hits(Catalog *c, const CatalogSearchQuery *cq, CatalogSearchHit **ret, size_t *ret_n) {
+        CatalogSearchHit *hits = NULL, *rest = NULL;
+        size_t n = 0, n_rest = 0;
+        int r;
+
+        if (!cq->ranked || !cq->match || cq->limit <= CATALOG_SEARCH_CAP_DEFAULT)
+                return catalog_search(c, cq, ret, ret_n);
+
+        CatalogSearchQuery scored = *cq, unranked = *cq;
+        scored.limit = scored.cap = CATALOG_SEARCH_CAP_DEFAULT;
+        r = catalog_search(c, &scored, &hits, &n);
+        if (r < 0)
+                return r;
+        if (n < scored.limit) {         /* every match was a candidate */
+                *ret = hits;
+                *ret_n = n;
+                return 0;
+        }
+
+        /* The same matches in rowid order: the first n are the candidates, the rest follow. */
+        unranked.ranked = false;
+        r = catalog_search(c, &unranked, &rest, &n_rest);
+        if (r < 0)
+                goto fail;
+        int64_t last_candidate = 0;
+        for (size_t i = 0; i < n; i++)
+                last_candidate = MAX(last_candidate, hits[i].file_id);
+        CatalogSearchHit *all = reallocarray(hits, MAX(n + n_rest, (size_t) 1), sizeof *hits);
+        if (!all) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        hits = all;
+        for (size_t i = 0; i < n_rest && n < cq->limit; i++)
+                if (rest[i].file_id > last_candidate) {
+                        hits[n++] = rest[i];    /* its strings go with it */
+                        rest[i] = (CatalogSearchHit) {};
+                }
+        catalog_search_hits_free(rest, n_rest);
+        *ret = hits;
+        *ret_n = n;
+        return 0;
+
+fail:
+        catalog_search_hits_free(hits, n);
+        catalog_search_hits_free(rest, n_rest);
+        return r;
+}
+
 int search_run(Catalog *c, const Tree *tree, const char *query, size_t limit, bool ranked,
                SearchResult **ret, size_t *ret_n, char **ret_reason) {
         _cleanup_(search_query_done) SearchQuery q = {};
@@ -712,7 +768,7 @@ int search_run(Catalog *c, const Tree *tree, const char *query, size_t limit, bo
         r = search_plan(&q, ranked, limit + limit / 4 + 4, &cq, &buffer);
         if (r < 0)
                 return r;
-        r = catalog_search(c, &cq, &hits, &n_hits);
+        r = search_hits(c, &cq, &hits, &n_hits);
         if (r == -EINVAL && ret_reason)
                 (void) asprintf(ret_reason, "The search index refused the query.");
         if (r < 0)

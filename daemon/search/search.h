@@ -58,8 +58,10 @@ typedef struct SearchResult {
 
 /* Parses and runs a query against the catalog and maps the hits to files of tree, best first, each
  * virtual file once (replicas of one file are one result); hits with no file in tree (a scan changed
- * the catalog since it was built) are left out. limit 1..SEARCH_LIMIT_MAX. -EINVAL with a reason as
- * search_parse(); otherwise catalog_search()'s errors. */
+ * the catalog since it was built) are left out. Ranked, the order does not depend on limit: a
+ * smaller limit gets the start of a larger one's answer (the first CATALOG_SEARCH_CAP_DEFAULT
+ * matches are scored; any beyond come after them unranked, score 0). limit 1..SEARCH_LIMIT_MAX.
+ * -EINVAL with a reason as search_parse(); otherwise catalog_search()'s errors. */
 int search_run(Catalog *c, const Tree *tree, const char *query, size_t limit, bool ranked,
                SearchResult **ret, size_t *ret_n, char **ret_reason);
 void search_results_free(SearchResult *r, size_t n);

@@ -158,6 +158,94 @@ class SearchTest(harness.MusicfsTestCase):
         self.assertEqual((rc, out), (0, 'No tracks match.\n'))
         self.assertDaemonStops(d)
 
+    def test_surfaces_agree(self):
+        """Search over D-Bus, musicfsctl search --json and /.search/<query>/ give the same ranked
+        answer, in the same order, for the whole query language. A bulk library next to the sample
+        makes queries with hundreds of hits, so the answer is cut at the limit in the middle of
+        equal scores: the order of ties has to be the same on every surface too. And a limit past
+        the number of candidates the catalog scores does not reorder the top."""
+        work = self.tempdir()
+        bulk = os.path.join(work, 'bulk')
+        templates = genlib.make_templates(work)
+        n_bulk = 2100   # more than the candidates a ranked search scores (CATALOG_SEARCH_CAP_DEFAULT)
+        paths = set(self.expected) | set(genlib.gen_bulk(bulk, n_bulk, templates=templates))
+        d = self.daemon([self.lib, bulk])
+        d.wait_tracks(len(paths))
+        d.wait_scan_done()
+        limit = 200     # /.search/ answers FS_SEARCH_RESULTS_MAX (fs-search.h): ask the others the same
+
+        def from_bus(query, n=limit):
+            return self.search(d, query, n)
+
+        def from_ctl(query, *options):
+            rc, out, err = ctl('search', '--json', *options, query)
+            self.assertEqual((rc, err), (0, ''), query)
+            return [r['path'] for r in json.loads(out)]
+
+        def from_mount(query):
+            names = os.listdir(d.path('.search', query))
+            ranks = sorted((int(n.split(' - ', 1)[0]), n) for n in names)
+            self.assertEqual([r for r, _ in ranks], list(range(1, len(names) + 1)), query)
+            targets = [os.readlink(d.path('.search', query, n)) for _, n in ranks]
+            self.assertTrue(all(t.startswith('../../') for t in targets), targets)
+            return [t[len('../../'):] for t in targets]
+
+        queries = (
+            # bare words, diacritics folded both ways
+            'lux', 'aurora', 'gyorgy', 'sigur ros', 'cafe', 'uber', 'zrodło', 'ñandú', 'STARALFUR',
+            # fields, phrases, prefixes
+            'artist:aurora', 'title:night', 'album:night', 'genre:rock', 'composer:ligeti',
+            '"long way"', 'title:"track 1"', 'sta*', 've*', 'artist:qu*',
+            # years: alone (no score at all: every hit ties), a range, with words
+            'year:1999', 'year:1960..1980', 'year:2004..', 'aurora year:2004..', 'track year:1970..1975',
+            # operators
+            'night OR dusk', 'amber OR jade', 'night NOT drive', 'track NOT amber', '(amber OR jade) NOT velvet',
+            # hundreds of hits: cut at the limit among equal scores
+            'track', 'track 1', 'amber',
+        )
+        tied = cut = 0
+        for q in queries:
+            res = from_bus(q)
+            bus = [r[0] for r in res]
+            scores = [r[4] for r in res]
+            self.assertTrue(bus, 'no hits for %s: the query tests nothing' % q)
+            self.assertEqual(scores, sorted(scores, reverse=True), q)
+            self.assertEqual(len(set(bus)), len(bus), q)
+            self.assertLessEqual(set(bus), paths, q)
+            self.assertEqual(from_ctl(q, '--limit', str(limit)), bus, 'musicfsctl: %s' % q)
+            self.assertEqual(from_mount(q), bus, '/.search: %s' % q)
+            # A smaller limit is the start of the same answer (musicfsctl's default, 50, and 7).
+            self.assertEqual(from_ctl(q), bus[:50], 'musicfsctl default limit: %s' % q)
+            self.assertEqual([r[0] for r in from_bus(q, 7)], bus[:7], 'limit 7: %s' % q)
+            tied += any(a == b for a, b in zip(scores, scores[1:]))
+            cut += len(bus) == limit and scores[-1] == scores[-2]
+        # The queries did what they are here for: they found things, tied and were cut among ties.
+        self.assertGreater(tied, 5)
+        self.assertGreaterEqual(cut, 2)
+
+        # "track" is in every bulk title. Three files that come later (row ids above every scored
+        # candidate) with it three times in theirs would outscore all the others, were they scored:
+        # a limit of 10000 must still begin with what 200 and /.search/ answer, and put them after.
+        os.makedirs(os.path.join(bulk, 'zz'))
+        for i in range(3):
+            genlib.write_tagged(os.path.join(bulk, 'zz', '%d.flac' % i), 'flac',
+                                {'title': 'Track Track Track %d' % i, 'artist': 'Late Comer', 'album': 'Later',
+                                 'track': i + 1}, *templates)
+        d.bus_call('Rescan', 's', '')
+        d.wait_tracks(len(paths) + 3)
+        top = [r[0] for r in from_bus('track')]
+        everything = from_bus('track', 10000)
+        self.assertEqual([r[0] for r in everything][:limit], top)
+        self.assertEqual(from_ctl('track', '--limit', '10000')[:limit], top)
+        self.assertEqual(from_mount('track'), top)
+        self.assertEqual(len(everything), n_bulk + 3)
+        late = [i for i, r in enumerate(everything) if r[1] == 'Late Comer']
+        self.assertEqual(len(late), 3)
+        self.assertGreater(min(late), limit)
+        scores = [r[4] for r in everything]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        self.assertDaemonStops(d)
+
     def test_index_follows_rescan(self):
         """Tags changed on the origin reach the index with the rescan that reads them."""
         work = self.tempdir()
