@@ -59,21 +59,17 @@ class Zipf:
         return " ".join(self.word() for _ in range(self.rng.randint(lo, hi))).title()
 
 
-def generate(db, rows, driver):
+def catalog_rows(rows):
+    """The rows of the bench catalog, in insertion order (files.id = 1, 2, ...): dicts with rel_path,
+    title, artist, album, albumartist, genre, composer, year, track. Deterministic: the same rows on
+    every run and for every caller (bench_search_daemon.py makes its origin's files from them)."""
     rng = random.Random(6)
     words = make_vocabulary(rng, 50000)
     z = Zipf(rng, words)
     names = Zipf(random.Random(7), words[len(COMMON):], s=0.9)   # artist names: no stop words
-    if os.path.exists(db):
-        os.unlink(db)
-    subprocess.run([driver, "init", db], check=True)
-    con = sqlite3.connect(db)
-    con.execute("PRAGMA synchronous = OFF")
-    con.execute("INSERT INTO origins (name, url, priority) VALUES ('bench', 'file:///bench', 0)")
     artists = [names.phrase(1, 3) for _ in range(rows // 50 + 1)]
     composers = [names.phrase(2, 2) for _ in range(2000)]
-    start = time.monotonic()
-    batch, album_n = [], 0
+    album_n = 0
     i = 0
     while i < rows:
         artist = rng.choice(artists)
@@ -86,27 +82,43 @@ def generate(db, rows, driver):
                 break
             title = z.phrase(1, 6)
             composer = rng.choice(composers) if rng.random() < 0.3 else None
-            batch.append((f"{album_n:07d}/{track:02d}.flac", 1000 + i, title, artist, album,
-                          artist if rng.random() < 0.5 else None, genre, composer, year, track))
+            yield dict(rel_path=f"{album_n:07d}/{track:02d}.flac", title=title, artist=artist, album=album,
+                       albumartist=artist if rng.random() < 0.5 else None, genre=genre, composer=composer,
+                       year=year, track=track)
             i += 1
+
+
+def generate(db, rows, driver, origin=("bench", "file:///bench"), file_stat=None):
+    """Makes db with `search-bench init` and fills it with catalog_rows(rows) of one origin
+    (name, url). file_stat(i, row) -> (size, mtime_ns) of the row's file; default: no file
+    (size 1000 + i, mtime 0)."""
+    if os.path.exists(db):
+        os.unlink(db)
+    subprocess.run([driver, "init", db], check=True)
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA synchronous = OFF")
+    con.execute("INSERT INTO origins (name, url, priority) VALUES (?, ?, 0)", origin)
+    start = time.monotonic()
+    sql = ("INSERT INTO files (origin_id, rel_path, size, mtime_ns, format, parsed, title, artist, album,"
+           " albumartist, genre, composer, year, track) VALUES (1, ?, ?, ?, 'flac', 1, ?, ?, ?, ?, ?, ?, ?, ?)")
+    batch = []
+    for i, r in enumerate(catalog_rows(rows)):
+        size, mtime_ns = file_stat(i, r) if file_stat else (1000 + i, 0)
+        batch.append((r["rel_path"], size, mtime_ns, r["title"], r["artist"], r["album"], r["albumartist"],
+                      r["genre"], r["composer"], r["year"], r["track"]))
         if len(batch) >= 20000:
-            con.executemany(
-                "INSERT INTO files (origin_id, rel_path, size, format, parsed, title, artist, album, albumartist,"
-                " genre, composer, year, track) VALUES (1, ?, ?, 'flac', 1, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            con.executemany(sql, batch)
             con.commit()
             batch = []
-            print(f"\r{i} rows, {time.monotonic() - start:.0f} s", end="", file=sys.stderr, flush=True)
+            print(f"\r{i + 1} rows, {time.monotonic() - start:.0f} s", end="", file=sys.stderr, flush=True)
     if batch:
-        con.executemany(
-            "INSERT INTO files (origin_id, rel_path, size, format, parsed, title, artist, album, albumartist,"
-            " genre, composer, year, track) VALUES (1, ?, ?, 'flac', 1, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+        con.executemany(sql, batch)
         con.commit()
     con.execute("INSERT INTO files_fts (files_fts) VALUES ('optimize')")
     con.commit()
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
     print(f"\r{rows} rows in {time.monotonic() - start:.0f} s", file=sys.stderr)
-    return words
 
 
 def queries_for(words, db):
@@ -153,7 +165,7 @@ def main():
     os.makedirs(os.path.dirname(db), exist_ok=True)
     words = make_vocabulary(random.Random(6), 50000)
     if args.regenerate or not os.path.exists(db):
-        words = generate(db, args.rows, driver)
+        generate(db, args.rows, driver)
     queries = queries_for(words, db)
     size = os.path.getsize(db)
 
