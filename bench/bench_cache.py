@@ -35,7 +35,6 @@ sys.path.insert(0, os.path.join(SOURCE_ROOT, 'tests', 'lib'))
 
 import harness   # noqa: E402 - after the path is set up; exits 77 without dbus/dbusmock
 import dbus      # noqa: E402
-import dbusmock  # noqa: E402
 
 TARGET_CACHED_VS_NATIVE = 0.8       # first read of a cached file / native cold
 TARGET_CACHED_VS_PLL = 0.9          # ... / passthrough_ll cold
@@ -1067,34 +1066,24 @@ def main():
 
     work = tempfile.mkdtemp(prefix='run-', dir=args.data_dir)
     res = None
-    bus_started = False
     run = None
     try:
-        dbusmock.DBusTestCase.start_system_bus()
-        bus_started = True
-        pll_binary, pll_reason = (None, 'skipped (--no-passthrough)') if args.no_passthrough \
-            else build_passthrough_ll(work)
-        run = Run(args, work, origin, big, smalls, pll_binary, pll_reason)
-        try:
-            res = run.run()
-        except (harness.DaemonFailed, harness.WaitTimeout, subprocess.SubprocessError, OSError, RuntimeError,
-                dbus.DBusException) as e:
-            run.note('aborted: %s' % str(e)[:2000])
-            res = run.res
+        with harness.private_system_bus():
+            pll_binary, pll_reason = (None, 'skipped (--no-passthrough)') if args.no_passthrough \
+                else build_passthrough_ll(work)
+            run = Run(args, work, origin, big, smalls, pll_binary, pll_reason)
+            try:
+                res = run.run()
+            except (harness.DaemonFailed, harness.WaitTimeout, subprocess.SubprocessError, OSError, RuntimeError,
+                    dbus.DBusException) as e:
+                run.note('aborted: %s' % str(e)[:2000])
+                res = run.res
     except Stop as e:
         log('stopped by %s; cleaning up' % e)
         if run:
             run.note('interrupted (%s): the figures are partial' % e)
         res = run.res if run else None
     finally:
-        for d in list(harness._live_daemons):
-            d.cleanup()
-        if bus_started:
-            pid = dbusmock.DBusTestCase.system_bus_pid
-            if pid:
-                dbusmock.DBusTestCase.stop_dbus(pid)
-                dbusmock.DBusTestCase.system_bus_pid = None
-            os.environ.pop('DBUS_SYSTEM_BUS_ADDRESS', None)
         if args.keep:
             log('work dir kept: %s' % work)
         else:

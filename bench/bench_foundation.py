@@ -35,7 +35,6 @@ sys.path.insert(0, os.path.join(SOURCE_ROOT, 'tests', 'lib'))
 import harness  # noqa: E402 - after the path is set up; exits 77 without dbus/dbusmock
 import genlib   # noqa: E402
 import dbus     # noqa: E402
-import dbusmock  # noqa: E402
 
 TARGET_SCAN_FILES_PER_S = 2000.0
 TARGET_RESTART_S = 1.0
@@ -885,31 +884,21 @@ def main():
 
     workroot = tempfile.mkdtemp(prefix='run-', dir=args.lib_dir)
     results = []
-    bus_started = False
     try:
-        dbusmock.DBusTestCase.start_system_bus()
-        bus_started = True
-        pll_binary, pll_reason = (None, 'skipped (--no-passthrough)') if args.no_passthrough \
-            else build_passthrough_ll(workroot)
-        for n in sizes:
-            run = SizeRun(args, n, libs[n], workroot, pll_binary, pll_reason)
-            run.res['artists'] = len(run.artists)
-            try:
-                results.append(run.run())
-            except (harness.DaemonFailed, harness.WaitTimeout, subprocess.SubprocessError, OSError, RuntimeError) as e:
-                run.note('aborted: %s' % str(e)[:2000])
-                results.append(run.res)
+        with harness.private_system_bus():
+            pll_binary, pll_reason = (None, 'skipped (--no-passthrough)') if args.no_passthrough \
+                else build_passthrough_ll(workroot)
+            for n in sizes:
+                run = SizeRun(args, n, libs[n], workroot, pll_binary, pll_reason)
+                run.res['artists'] = len(run.artists)
+                try:
+                    results.append(run.run())
+                except (harness.DaemonFailed, harness.WaitTimeout, subprocess.SubprocessError, OSError, RuntimeError) as e:
+                    run.note('aborted: %s' % str(e)[:2000])
+                    results.append(run.res)
     except Stop as e:
         log('stopped by %s; cleaning up' % e)
     finally:
-        for d in list(harness._live_daemons):
-            d.cleanup()
-        if bus_started:
-            pid = dbusmock.DBusTestCase.system_bus_pid
-            if pid:
-                dbusmock.DBusTestCase.stop_dbus(pid)
-                dbusmock.DBusTestCase.system_bus_pid = None
-            os.environ.pop('DBUS_SYSTEM_BUS_ADDRESS', None)
         if args.keep:
             log('work dir kept: %s' % workroot)
         else:

@@ -37,7 +37,6 @@ SOURCE_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, os.path.join(SOURCE_ROOT, 'tests', 'lib'))
 
 import harness     # noqa: E402 - exits 77 without dbus/dbusmock
-import dbusmock    # noqa: E402
 import faultproxy  # noqa: E402
 import genlib      # noqa: E402
 import s3peer      # noqa: E402
@@ -405,21 +404,15 @@ def main():
         sys.exit('%s is not built: set MUSICFS_BUILD_ROOT' % harness.DAEMON)
     harness.require_fuse()
     b = Bench(args)
-    bus_started = False
     try:
-        dbusmock.DBusTestCase.start_system_bus()
-        bus_started = True
-        b.run()
-        b.report()
+        with harness.private_system_bus():
+            b.run()
+            b.report()
     except Stop as e:
         log('stopped by %s' % e)
         return 1
     finally:
         b.cleanup()
-        for d in list(harness._live_daemons):
-            d.cleanup()
-        if bus_started and dbusmock.DBusTestCase.system_bus_pid:
-            dbusmock.DBusTestCase.stop_dbus(dbusmock.DBusTestCase.system_bus_pid)
     return 0
 
 

@@ -36,7 +36,6 @@ import harness  # noqa: E402 - exits 77 without dbus/dbusmock
 import genlib   # noqa: E402
 import s3peer   # noqa: E402
 import sftppeer  # noqa: E402
-import dbusmock  # noqa: E402
 
 TARGET_TTFB_DELTA_MS = 10.0
 TARGET_STREAM_RATIO = 0.8
@@ -652,35 +651,25 @@ def main():
             'load': '%.2f' % os.getloadavg()[0], 'daemon': harness.DAEMON, 'rounds': args.rounds,
             'stream_rounds': args.stream_rounds, 'stream_rtt': args.stream_rtt}
     b = Bench(args, work)
-    bus_started = False
     ok = False
     try:
-        dbusmock.DBusTestCase.start_system_bus()
-        bus_started = True
-        b.make_files()
-        info['ttfb_size'], info['stream_size'] = b.ttfb_size, b.stream_size
-        b.start_peers()
-        b.start_musicfsd()
-        b.start_refs()
-        info['rclone'] = getattr(b, 'rclone_version', 'rclone: not run')
-        b.ttfb()
-        b.stream()
-        b.cache_stats()
-        ok = True
+        with harness.private_system_bus():
+            b.make_files()
+            info['ttfb_size'], info['stream_size'] = b.ttfb_size, b.stream_size
+            b.start_peers()
+            b.start_musicfsd()
+            b.start_refs()
+            info['rclone'] = getattr(b, 'rclone_version', 'rclone: not run')
+            b.ttfb()
+            b.stream()
+            b.cache_stats()
+            ok = True
     except Stop as e:
         log('stopped by %s' % e)
     except (harness.DaemonFailed, harness.WaitTimeout, subprocess.SubprocessError, OSError, RuntimeError) as e:
         b.note('aborted: %s' % str(e)[:3000])
     finally:
         b.cleanup()
-        for d in list(harness._live_daemons):
-            d.cleanup()
-        if bus_started:
-            pid = dbusmock.DBusTestCase.system_bus_pid
-            if pid:
-                dbusmock.DBusTestCase.stop_dbus(pid)
-                dbusmock.DBusTestCase.system_bus_pid = None
-            os.environ.pop('DBUS_SYSTEM_BUS_ADDRESS', None)
         if args.keep:
             log('work dir kept: %s' % work)
         else:

@@ -37,7 +37,7 @@ sys.path.insert(0, BENCH_DIR)
 
 import bench_search as bs  # noqa: E402
 import bench_foundation as bf  # noqa: E402 - sets up the paths to tests/lib
-from bench_foundation import harness, dbus, dbusmock, log  # noqa: E402
+from bench_foundation import harness, dbus, log  # noqa: E402
 
 # /.search/ answers FS_SEARCH_RESULTS_MAX results (daemon/fuse/fs-search.h); D-Bus and musicfsctl are
 # asked for the same number, and the in-process reference for what search_run() then asks
@@ -328,70 +328,63 @@ def main():
     res = {'rows': args.rows, 'rounds': args.rounds, 'queries': queries, 'date': time.strftime('%Y-%m-%d %H:%M %Z'),
            'daemon_path': harness.DAEMON, 'load_before': os.getloadavg()}
     work = tempfile.mkdtemp(prefix='search-daemon-', dir=args.data_dir)
-    bus_started = False
     try:
-        dbusmock.DBusTestCase.start_system_bus()
-        bus_started = True
-        if fresh:
-            log('first start on the generated catalog (unmeasured for the search figures)')
-            first = Served(lib, cache, os.path.join(work, 'first'), args.rows)
-            try:
-                # The FTS5 check due on a catalog the daemon did not close runs before the rescan, so
-                # it is over when start() returns; the stop then leaves the clean-close marker.
-                first.start(timeout)
-                first.stop()
-            finally:
-                first.cleanup()
-            res['first_start'] = first.res
+        with harness.private_system_bus():
+            if fresh:
+                log('first start on the generated catalog (unmeasured for the search figures)')
+                first = Served(lib, cache, os.path.join(work, 'first'), args.rows)
+                try:
+                    # The FTS5 check due on a catalog the daemon did not close runs before the rescan, so
+                    # it is over when start() returns; the stop then leaves the clean-close marker.
+                    first.start(timeout)
+                    first.stop()
+                finally:
+                    first.cleanup()
+                res['first_start'] = first.res
 
-        log('in-process reference: search-bench on %s' % db)
-        res['in_process'], hits = in_process(driver, db, queries, args.rounds)
+            log('in-process reference: search-bench on %s' % db)
+            res['in_process'], hits = in_process(driver, db, queries, args.rounds)
 
-        log('musicfsd on %d tracks' % args.rows)
-        served = Served(lib, cache, os.path.join(work, 'measured'), args.rows)
-        try:
-            served.start(timeout)
-            res['start'] = served.res
-            log('READY=1 after %.2f s, rescan done after %.1f s' % (served.res['ready_s'], served.res['scan_done_s']))
-            s = Surfaces(served)
+            log('musicfsd on %d tracks' % args.rows)
+            served = Served(lib, cache, os.path.join(work, 'measured'), args.rows)
             try:
-                # Warm-up, and the check this is all for: one answer, whichever way it is asked,
-                # and the same start at the largest limit (past the candidates a search scores).
-                agree = True
-                res['hits'] = {}
-                for q in queries:
-                    b, c, f = s.dbus_paths(q), s.ctl_paths(q), s.fs_paths(q)
-                    big = s.dbus_paths(q, 10000)[:LIMIT]
-                    res['hits'][q] = len(b)
-                    if not (b == c == f == big):
-                        agree = False
-                        log('DISAGREE on %r: D-Bus %d, musicfsctl %d, /.search %d paths; limit 10000 %s' % (
-                            q, len(b), len(c), len(f), 'same start' if big == b else 'another start'))
-                res['agree'] = 'yes' if agree else 'NO'
-                res['daemon'] = {}
-                drops = page_cache_drops()
-                for q in queries:
-                    res['daemon'][q] = s.timed(q, args.rounds)
-                res['page_cache_drops'] = page_cache_drops() - drops
-                res['rss_end'] = bf.proc_status(served.m.pid)
+                served.start(timeout)
+                res['start'] = served.res
+                log('READY=1 after %.2f s, rescan done after %.1f s' % (served.res['ready_s'], served.res['scan_done_s']))
+                s = Surfaces(served)
+                try:
+                    # Warm-up, and the check this is all for: one answer, whichever way it is asked,
+                    # and the same start at the largest limit (past the candidates a search scores).
+                    agree = True
+                    res['hits'] = {}
+                    for q in queries:
+                        b, c, f = s.dbus_paths(q), s.ctl_paths(q), s.fs_paths(q)
+                        big = s.dbus_paths(q, 10000)[:LIMIT]
+                        res['hits'][q] = len(b)
+                        if not (b == c == f == big):
+                            agree = False
+                            log('DISAGREE on %r: D-Bus %d, musicfsctl %d, /.search %d paths; limit 10000 %s' % (
+                                q, len(b), len(c), len(f), 'same start' if big == b else 'another start'))
+                    res['agree'] = 'yes' if agree else 'NO'
+                    res['daemon'] = {}
+                    drops = page_cache_drops()
+                    for q in queries:
+                        res['daemon'][q] = s.timed(q, args.rounds)
+                    res['page_cache_drops'] = page_cache_drops() - drops
+                    res['rss_end'] = bf.proc_status(served.m.pid)
+                finally:
+                    s.close()
+                served.stop()
+                with open(os.path.join(root, 'musicfsd-last.log'), 'w') as f:
+                    f.write(served.m.d.log())   # kept with the data, for a closer look at the start
             finally:
-                s.close()
-            served.stop()
-            with open(os.path.join(root, 'musicfsd-last.log'), 'w') as f:
-                f.write(served.m.d.log())   # kept with the data, for a closer look at the start
-        finally:
-            served.cleanup()
-        res['load_after'] = os.getloadavg()[0]
-        res['catalog_hits'] = {q: hits[('ranked', q)] for q in queries}
+                served.cleanup()
+            res['load_after'] = os.getloadavg()[0]
+            res['catalog_hits'] = {q: hits[('ranked', q)] for q in queries}
     except bf.Stop as e:
         log('stopped: %s' % e)
         return 1
     finally:
-        if bus_started:
-            pid = dbusmock.DBusTestCase.system_bus_pid
-            if pid:
-                dbusmock.DBusTestCase.stop_dbus(pid)
-                dbusmock.DBusTestCase.system_bus_pid = None
         harness.safe_rmtree(work)
     report(res, args.out)
     return 0

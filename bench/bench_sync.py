@@ -27,7 +27,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 
 import bench_foundation as bf  # noqa: E402 - sets up the paths to tests/lib
-from bench_foundation import harness, genlib, dbus, dbusmock, log  # noqa: E402
+from bench_foundation import harness, genlib, log  # noqa: E402
 
 TARGET_RESCAN_FILES_PER_S = 20000.0
 TARGET_VISIBLE_S = 2.0
@@ -194,22 +194,15 @@ def main():
     libs = {n: bf.library(args.lib_dir, n) for n in sizes}
     work = tempfile.mkdtemp(prefix='sync-', dir=args.lib_dir)
     results = []
-    bus_started = False
     try:
-        dbusmock.DBusTestCase.start_system_bus()
-        bus_started = True
-        for n in sizes:
-            r = Run(args, n, libs[n], os.path.join(work, str(n)))
-            r.go()
-            results.append(r.res)
+        with harness.private_system_bus():
+            for n in sizes:
+                r = Run(args, n, libs[n], os.path.join(work, str(n)))
+                r.go()
+                results.append(r.res)
     except bf.Stop as e:
         log('stopped: %s' % e)
     finally:
-        if bus_started:
-            pid = dbusmock.DBusTestCase.system_bus_pid
-            if pid:
-                dbusmock.DBusTestCase.stop_dbus(pid)
-                dbusmock.DBusTestCase.system_bus_pid = None
         harness.safe_rmtree(work)
     if results:
         report(results, args.out)

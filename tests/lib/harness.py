@@ -12,6 +12,7 @@ Environment:
 """
 
 import atexit
+import contextlib
 import ctypes
 import os
 import shlex
@@ -668,6 +669,24 @@ def file_digest(path, chunk=1 << 20):
             if not b:
                 return h.hexdigest()
             h.update(b)
+
+
+@contextlib.contextmanager
+def private_system_bus():
+    """A dbus-daemon of our own as the system bus (DBUS_SYSTEM_BUS_ADDRESS) while the block runs:
+    what the benches start their daemons on. At the end, whatever happens, the daemons still running
+    are stopped first, then the bus, and its address is unset."""
+    dbusmock.DBusTestCase.start_system_bus()
+    try:
+        yield
+    finally:
+        for d in list(_live_daemons):
+            d.cleanup()
+        pid = dbusmock.DBusTestCase.system_bus_pid
+        if pid:
+            dbusmock.DBusTestCase.stop_dbus(pid)
+            dbusmock.DBusTestCase.system_bus_pid = None
+        os.environ.pop('DBUS_SYSTEM_BUS_ADDRESS', None)
 
 
 # --------------------------------------------------------------------------------------------------
