@@ -1270,14 +1270,17 @@ static void reader_drop_version(CacheReader *r, uint64_t gen) {
                 disk_error(c, k, "dropping a version", r->spec.path);
 }
 
-/* The chunks of the recorded version between what was prefetched and PREFETCH_AHEAD past end, into
- * ids (PREFETCH_MAX_CHUNKS at most); a reader that jumps elsewhere starts a new window. Under r->lock. */
-static size_t reader_prefetch_pick_locked(CacheReader *r, uint64_t end, ChunkId *ids) {
+/* The chunks of the recorded version between what was prefetched and PREFETCH_AHEAD past the
+ * request [offset, end), into ids (PREFETCH_MAX_CHUNKS at most). A reader that starts or jumps
+ * elsewhere starts a new window at the request itself: its own chunk files are then opened and
+ * advised together, so their reads go to the disk at once rather than one after another (a small
+ * file's first request spans 2-3 chunks). Under r->lock. */
+static size_t reader_prefetch_pick_locked(CacheReader *r, uint64_t offset, uint64_t end, ChunkId *ids) {
         uint64_t from = r->prefetched_end;
         size_t n = 0;
 
-        if (from < end || from > end + PREFETCH_AHEAD)
-                from = end;
+        if (from < offset || from > end + PREFETCH_AHEAD)
+                from = offset;
         if (from >= end + PREFETCH_AHEAD / 2 || r->n_chunks == 0)
                 return 0;       /* far enough ahead still: advise in strides, not per read */
         for (size_t i = chunk_find(r->offsets, r->n_chunks, from); i < r->n_chunks && n < PREFETCH_MAX_CHUNKS; i++) {
@@ -1323,7 +1326,7 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
                 k = chunk_range_copy(r->chunks, r->offsets, r->n_chunks, offset, size, &range);
                 gen = r->gen;
                 from_version = true;
-                n_prefetch = reader_prefetch_pick_locked(r, offset + size, prefetch);
+                n_prefetch = reader_prefetch_pick_locked(r, offset, offset + size, prefetch);
         } else if (r->job && f) {
                 pthread_mutex_lock(&f->lock);
                 if (offset + size <= r->job->covered)
