@@ -3,6 +3,7 @@
 /* Small helpers shared by daemon, client and tests: scope-bound cleanup in the systemd manner.
  * Everything here is header-only and has no state. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -66,3 +67,25 @@ static inline int streq_ptr(const char *a, const char *b) {
         if (!a || !b) return a == b;
         return strcmp(a, b) == 0;
 }
+
+/* Room for at least need elements of size bytes in *p, of which *allocated fit so far: doubles from
+ * 16, so a list built one element at a time costs amortised O(1) per element. 0, or -ENOMEM with
+ * *p and *allocated untouched. */
+static inline int greedy_realloc(void **p, size_t *allocated, size_t need, size_t size) {
+        if (need <= *allocated)
+                return 0;
+        size_t n = *allocated > 16 ? *allocated : 16;
+        while (n < need) {
+                if (n > SIZE_MAX / 2)
+                        return -ENOMEM;
+                n *= 2;
+        }
+        void *q = reallocarray(*p, n, size);
+        if (!q)
+                return -ENOMEM;
+        *p = q;
+        *allocated = n;
+        return 0;
+}
+#define GREEDY_REALLOC(array, allocated, need) \
+        greedy_realloc((void **) &(array), &(allocated), (need), sizeof((array)[0]))

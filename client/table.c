@@ -26,14 +26,8 @@ static int table_push(Table *t, const char *text, const char *color) {
 
         if (!escaped)
                 return -ENOMEM;
-        if (t->n_cells == t->allocated) {
-                size_t n = t->allocated ? t->allocated * 2 : 64;
-                Cell *c = reallocarray(t->cells, n, sizeof(Cell));
-                if (!c)
-                        return -ENOMEM;
-                t->cells = c;
-                t->allocated = n;
-        }
+        if (GREEDY_REALLOC(t->cells, t->allocated, t->n_cells + 1) < 0)
+                return -ENOMEM;
         /* Two statements: the order in which an initializer list is evaluated is unspecified. */
         size_t width = display_width(escaped);
         t->cells[t->n_cells++] = (Cell) { .text = TAKE_PTR(escaped), .width = width, .color = color };

@@ -468,15 +468,9 @@ static int fill_queue_ref(Cache *c, const CacheFileSpec *spec, CacheFillKind kin
                         }
                 }
 
-                if (f->n_jobs >= f->n_jobs_alloc) {
-                        size_t na = f->n_jobs_alloc ? 2 * f->n_jobs_alloc : 16;
-                        FillJob **a = realloc(f->jobs, na * sizeof *a);
-                        if (!a) {
-                                r = -ENOMEM;
-                                goto finish;
-                        }
-                        f->jobs = a;
-                        f->n_jobs_alloc = na;
+                if (GREEDY_REALLOC(f->jobs, f->n_jobs_alloc, f->n_jobs + 1) < 0) {
+                        r = -ENOMEM;
+                        goto finish;
                 }
 
                 j = calloc(1, sizeof *j);
@@ -635,31 +629,17 @@ static bool fill_may_write(CacheFills *f, FillJob *j) {
         return true;
 }
 
-static int grow(void **p, size_t *alloc, size_t need, size_t elem) {
-        if (need <= *alloc)
-                return 0;
-        size_t na = *alloc ? *alloc : 64;
-        while (na < need)
-                na *= 2;
-        void *q = realloc(*p, na * elem);
-        if (!q)
-                return -ENOMEM;
-        *p = q;
-        *alloc = na;
-        return 0;
-}
-
 static int fill_add_chunk(CacheFills *f, FillJob *j, FillBatch *b, const ChunkId *id, const uint8_t *data, size_t len,
                           uint64_t offset) {
         Cache *c = f->cache;
         int r;
 
         size_t pa = b->n_pending_alloc;
-        r = grow((void **) &b->pending, &pa, b->n_pending + 1, sizeof *b->pending);
+        r = greedy_realloc((void **) &b->pending, &pa, b->n_pending + 1, sizeof *b->pending);
         if (r < 0)
                 return r;
         size_t pa2 = b->n_pending_alloc;
-        r = grow((void **) &b->pending_offsets, &pa2, b->n_pending + 1, sizeof *b->pending_offsets);
+        r = greedy_realloc((void **) &b->pending_offsets, &pa2, b->n_pending + 1, sizeof *b->pending_offsets);
         if (r < 0)
                 return r;
         b->n_pending_alloc = min_size(pa, pa2);
@@ -695,7 +675,7 @@ static int fill_add_chunk(CacheFills *f, FillJob *j, FillBatch *b, const ChunkId
         if (r < 0)
                 return disk_error(c, r, "writing a chunk", j->spec.path);
 
-        r = grow((void **) &b->added, &b->n_added_alloc, b->n_added + 1, sizeof *b->added);
+        r = GREEDY_REALLOC(b->added, b->n_added_alloc, b->n_added + 1);
         if (r < 0)
                 return r;
         b->added[b->n_added++] = ref;
@@ -731,9 +711,9 @@ static int fill_flush(CacheFills *f, FillJob *j, FillBatch *b, uint64_t end) {
 
         pthread_mutex_lock(&f->lock);
         size_t a1 = j->n_alloc, a2 = j->n_alloc;
-        r = grow((void **) &j->chunks, &a1, j->n_chunks + b->n_pending, sizeof *j->chunks);
+        r = greedy_realloc((void **) &j->chunks, &a1, j->n_chunks + b->n_pending, sizeof *j->chunks);
         if (r >= 0)
-                r = grow((void **) &j->offsets, &a2, j->n_chunks + b->n_pending, sizeof *j->offsets);
+                r = greedy_realloc((void **) &j->offsets, &a2, j->n_chunks + b->n_pending, sizeof *j->offsets);
         j->n_alloc = min_size(a1, a2);
         if (r >= 0) {
                 if (b->n_pending > 0) {         /* an empty file has none, and no arrays */

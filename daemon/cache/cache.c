@@ -1394,14 +1394,8 @@ typedef struct VerifyCtx {
 } VerifyCtx;
 
 static int id_append(ChunkId **a, size_t *n, size_t *alloc, const ChunkId *id) {
-        if (*n >= *alloc) {
-                size_t m = *alloc ? *alloc * 2 : 1024;
-                ChunkId *b = reallocarray(*a, m, sizeof *b);
-                if (!b)
-                        return -ENOMEM;
-                *a = b;
-                *alloc = m;
-        }
+        if (GREEDY_REALLOC(*a, *alloc, *n + 1) < 0)
+                return -ENOMEM;
         (*a)[(*n)++] = *id;
         return 0;
 }
@@ -1579,14 +1573,8 @@ static void strlist_done(StrList *l) {
 }
 
 static int strlist_add(StrList *l, const char *s) {
-        if (l->n + 1 >= l->alloc) {
-                size_t m = l->alloc ? l->alloc * 2 : 16;
-                char **a = reallocarray(l->s, m, sizeof *a);
-                if (!a)
-                        return -ENOMEM;
-                l->s = a;
-                l->alloc = m;
-        }
+        if (GREEDY_REALLOC(l->s, l->alloc, l->n + 2) < 0)        /* and the NULL after it */
+                return -ENOMEM;
         l->s[l->n] = strdup(s);
         if (!l->s[l->n])
                 return -ENOMEM;
@@ -1637,14 +1625,8 @@ static int pins_collect_one(const char *path, const char *const *keys, size_t n,
         PinList *l = userdata;
         int r;
 
-        if (l->n >= l->alloc) {
-                size_t m = l->alloc ? l->alloc * 2 : 8;
-                PinRecord *a = reallocarray(l->p, m, sizeof *a);
-                if (!a)
-                        return -ENOMEM;
-                l->p = a;
-                l->alloc = m;
-        }
+        if (GREEDY_REALLOC(l->p, l->alloc, l->n + 1) < 0)
+                return -ENOMEM;
         PinRecord *rec = &l->p[l->n];
         *rec = (PinRecord) { .path = strdup(path) };
         if (!rec->path)
@@ -1689,14 +1671,8 @@ static int pinfiles_collect(const TreeNode *n, PinFiles *f, unsigned depth) {
         if (depth > 256)
                 return -ELOOP;
         if (!n->is_dir) {
-                if (f->n >= f->alloc) {
-                        size_t m = f->alloc ? f->alloc * 2 : 64;
-                        const TreeNode **a = reallocarray(f->files, m, sizeof *a);
-                        if (!a)
-                                return -ENOMEM;
-                        f->files = a;
-                        f->alloc = m;
-                }
+                if (GREEDY_REALLOC(f->files, f->alloc, f->n + 1) < 0)
+                        return -ENOMEM;
                 f->files[f->n++] = n;
                 _cleanup_free_ char *key = cache_version_key(n);
                 if (!key)

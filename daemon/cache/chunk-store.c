@@ -339,14 +339,8 @@ int chunk_batch_add(ChunkBatch *b, const ChunkId *id, const void *data, size_t l
         } else if (errno != ENOENT)
                 return log_debug_errno(errno, "Failed to check for %s/%s: %m", s->dir, path);
 
-        if (b->n_entries == b->n_alloc) {
-                size_t n = b->n_alloc ? 2 * b->n_alloc : 16;
-                BatchEntry *e = reallocarray(b->entries, n, sizeof *e);
-                if (!e)
-                        return -ENOMEM;
-                b->entries = e;
-                b->n_alloc = n;
-        }
+        if (GREEDY_REALLOC(b->entries, b->n_alloc, b->n_entries + 1) < 0)
+                return -ENOMEM;
 
         int r = FAILPOINT(CACHE_WRITE);
         if (r < 0)

@@ -983,14 +983,8 @@ static int catalog_walk_origin_files(Catalog *c, int64_t origin_id, bool borrow,
 static int file_list_append(const CatalogFile *f, void *userdata) {
         FileList *l = userdata;
 
-        if (l->n == l->allocated) {
-                size_t want = l->allocated ? l->allocated * 2 : 1024;
-                CatalogFile *p = reallocarray(l->files, want, sizeof *l->files);
-                if (!p)
-                        return -ENOMEM;
-                l->files = p;
-                l->allocated = want;
-        }
+        if (GREEDY_REALLOC(l->files, l->allocated, l->n + 1) < 0)
+                return -ENOMEM;
         l->files[l->n++] = *f;
         return 0;
 }
@@ -1018,14 +1012,8 @@ static int catalog_ordered_origins(Catalog *c, int64_t **ret, size_t *ret_n) {
                         break;
                 if (rc != SQLITE_ROW)
                         return catalog_error(c, rc, "load origins");
-                if (n == allocated) {
-                        size_t want = allocated ? allocated * 2 : 16;
-                        int64_t *p = reallocarray(ids, want, sizeof *ids);
-                        if (!p)
-                                return -ENOMEM;
-                        ids = p;
-                        allocated = want;
-                }
+                if (GREEDY_REALLOC(ids, allocated, n + 1) < 0)
+                        return -ENOMEM;
                 ids[n++] = sqlite3_column_int64(s, 0);
         }
         *ret = TAKE_PTR(ids);
@@ -1623,15 +1611,9 @@ int catalog_load_origin_files_under(Catalog *c, int64_t origin_id, const char *p
                         file_list_done(&l);
                         return catalog_error(c, rc, "load files");
                 }
-                if (l.n == l.allocated) {
-                        size_t want = l.allocated ? l.allocated * 2 : 64;
-                        CatalogFile *p = reallocarray(l.files, want, sizeof *l.files);
-                        if (!p) {
-                                file_list_done(&l);
-                                return -ENOMEM;
-                        }
-                        l.files = p;
-                        l.allocated = want;
+                if (GREEDY_REALLOC(l.files, l.allocated, l.n + 1) < 0) {
+                        file_list_done(&l);
+                        return -ENOMEM;
                 }
                 r = read_file_row(s, false, &l.files[l.n]);
                 if (r < 0) {
@@ -2132,15 +2114,9 @@ static int search_step_rows(Catalog *c, sqlite3_stmt *s, size_t limit, CatalogSe
                 }
                 if (n >= limit)
                         break;
-                if (n == allocated) {
-                        size_t want = allocated ? allocated * 2 : 32;
-                        CatalogSearchHit *p = reallocarray(hits, want, sizeof *hits);
-                        if (!p) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                        hits = p;
-                        allocated = want;
+                if (GREEDY_REALLOC(hits, allocated, n + 1) < 0) {
+                        r = -ENOMEM;
+                        break;
                 }
                 CatalogSearchHit *h = &hits[n++];
                 *h = (CatalogSearchHit) {

@@ -349,14 +349,8 @@ static int walk_push(Walk *w, int fd, size_t path_len) {
                         return 0;
                 }
 
-        if (w->n_frames == w->n_allocated) {
-                size_t n = w->n_allocated ? w->n_allocated * 2 : 16;
-                WalkFrame *a = reallocarray(w->frames, n, sizeof *a);
-                if (!a)
-                        return -ENOMEM;
-                w->frames = a;
-                w->n_allocated = n;
-        }
+        if (GREEDY_REALLOC(w->frames, w->n_allocated, w->n_frames + 1) < 0)
+                return -ENOMEM;
 
         DIR *d = fdopendir(dfd);
         if (!d)

@@ -1535,7 +1535,7 @@ typedef struct SftpWalk {
         unsigned n_sessions_ahead;      /* sessions the listers connect as they start (the walk's included) */
         bool conn_failed;
         WalkDir **dirs;         /* every directory seen, freed at the end (the walk thread's) */
-        size_t n_dirs;
+        size_t n_dirs, n_dirs_allocated;
 
         pthread_mutex_t lock;   /* what follows */
         pthread_cond_t todo_cond, done_cond;
@@ -1576,10 +1576,7 @@ static void walk_done(SftpWalk *w) {
 
 static int walk_add_dir(SftpWalk *w, WalkDir *parent, char *rel, char *canon) {
         WalkDir *d = calloc(1, sizeof *d);
-        WalkDir **a = reallocarray(w->dirs, w->n_dirs + 1, sizeof *a);
-        if (a)
-                w->dirs = a;
-        if (!d || !a) {
+        if (!d || GREEDY_REALLOC(w->dirs, w->n_dirs_allocated, w->n_dirs + 1) < 0) {
                 free(d);
                 free(rel);
                 free(canon);
@@ -1653,7 +1650,7 @@ static ssize_t op_list(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
         ListArg *a = arg;
         LIBSSH2_SFTP_HANDLE *dh;
         WalkEntry *e = NULL;
-        size_t n = 0;
+        size_t n = 0, allocated = 0;
         int rc, r = 0;
         (void) so;
 #define LIST_DEADLINE (now_usec() + (usec_t) a->timeout_sec * USEC_PER_SEC)
@@ -1681,12 +1678,10 @@ static ssize_t op_list(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                 }
                 if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
                         continue;
-                WalkEntry *x = reallocarray(e, n + 1, sizeof *x);
-                if (!x) {
+                if (GREEDY_REALLOC(e, allocated, n + 1) < 0) {
                         r = -ENOMEM;
                         break;
                 }
-                e = x;
                 e[n].name = strdup(name);
                 if (!e[n].name) {
                         r = -ENOMEM;

@@ -7,6 +7,7 @@
 
 #include "failpoint.h"
 #include "log.h"
+#include "macro.h"
 #include "origin-internal.h"
 
 int origin_rel_path_check(const char *rel_path) {
@@ -284,15 +285,9 @@ int origin_set_add(OriginSet *s, Origin *o) {
                         goto finish;
                 }
 
-        if (s->n_origins == s->n_allocated) {
-                size_t n = s->n_allocated ? s->n_allocated * 2 : 4;
-                Origin **a = reallocarray(s->origins, n, sizeof *a);
-                if (!a) {
-                        r = -ENOMEM;
-                        goto finish;
-                }
-                s->origins = a;
-                s->n_allocated = n;
+        if (GREEDY_REALLOC(s->origins, s->n_allocated, s->n_origins + 1) < 0) {
+                r = -ENOMEM;
+                goto finish;
         }
 
         size_t pos = s->n_origins;

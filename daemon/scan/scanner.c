@@ -592,14 +592,8 @@ static int scan_file(const char *rel_path, const OriginStat *st, void *userdata)
 static int scan_unread(const char *rel_path, int error, void *userdata) {
         Scan *s = userdata;
 
-        if (s->n_unread == s->n_unread_allocated) {
-                size_t n = s->n_unread_allocated ? s->n_unread_allocated * 2 : 16;
-                char **a = reallocarray(s->unread, n, sizeof *a);
-                if (!a)
-                        return (s->error = scan_oom(s));
-                s->unread = a;
-                s->n_unread_allocated = n;
-        }
+        if (GREEDY_REALLOC(s->unread, s->n_unread_allocated, s->n_unread + 1) < 0)
+                return (s->error = scan_oom(s));
         s->unread[s->n_unread] = strdup(rel_path);
         if (!s->unread[s->n_unread])
                 return (s->error = scan_oom(s));

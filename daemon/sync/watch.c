@@ -213,14 +213,8 @@ static void mark_changed(WatchedOrigin *o, const char *path) {
         /* The newest repeats the one before it most often (a file's create, writes, close). */
         if (o->n_pending > 0 && strcmp(o->pending[o->n_pending - 1], path) == 0)
                 return;
-        if (o->n_pending == o->n_pending_allocated) {
-                size_t n = o->n_pending_allocated ? o->n_pending_allocated * 2 : 16;
-                char **a = reallocarray(o->pending, n, sizeof *a);
-                if (!a)
-                        goto full;
-                o->pending = a;
-                o->n_pending_allocated = n;
-        }
+        if (GREEDY_REALLOC(o->pending, o->n_pending_allocated, o->n_pending + 1) < 0)
+                goto full;
         o->pending[o->n_pending] = strdup(path);
         if (!o->pending[o->n_pending])
                 goto full;
