@@ -662,6 +662,9 @@ static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_
         TreeRows rows = { .manager = m };
         int r;
 
+        /* During a scan the tag readers free their buffers in their own heaps, which this thread
+         * cannot reuse: handed back before the build rather than kept under its peak. */
+        (void) malloc_trim(0);
         r = tree_builder_new(&rows.builder);
         if (r < 0)
                 return log_warning_errno(r, "Failed to build the tree: %m");

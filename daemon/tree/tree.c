@@ -5,6 +5,9 @@
  * store only those numbers, so 100k tracks cost a few large allocations rather than hundreds of
  * thousands of small ones; what no later pass needs is freed as soon as it is done. The finished
  * Tree is five arrays (nodes, children, replicas, inode index, file index) and one string arena.
+ * A rebuild runs beside the published tree, so its peak is what counts: the passes are ordered so
+ * that the rows and the rendered paths are gone before the nodes are allocated (at 100k tracks the
+ * build needs ~18 MB of heap beside the published tree, the new tree's own ~17.5 MB included).
  *
  * Album grouping (for {disc} and compilations), decided here:
  *   - tracks with the same album tag and the same album artist tag (the artist when there is no
@@ -20,6 +23,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -193,6 +197,8 @@ static Span span_trimmed(const char *s) {
 }
 
 /* ---- the tree ---- */
+
+_Static_assert(sizeof(TreeNode) == 64, "a TreeNode is 64 bytes: one per file and directory, two trees during a rebuild");
 
 struct Tree {
         atomic_uint n_ref;
@@ -416,6 +422,8 @@ int tree_new_empty(Tree **ret) {
 
 /* ---- building ---- */
 
+#define ALLOC_ARRAY(p, n) ((p) = calloc((n) ? (n) : 1, sizeof(*(p))))
+
 typedef struct DirInfo {
         const char *path;       /* points into a rendered file path; not NUL-terminated at len */
         uint32_t len;
@@ -462,24 +470,41 @@ typedef struct PackedFile {
 struct TreeBuilder {
         PackedFile *files;      /* rows with a path, in the order they were added */
         size_t n_files, cap_files;
-        Arena rel_paths, tag_strings;
+        /* the rows' rel_paths, then the nodes' names: becomes the tree's string arena */
+        Arena tree_strings;
+        Arena tag_strings;
+        /* tag_strings' blocks, oldest first, and the first row with strings in each: the rows
+         * fill them in order, so the rendering can drop each once it has rendered its rows */
+        ArenaBlock **tag_blocks;
+        uint32_t *tag_block_first_row;
+        size_t n_tag_blocks, cap_tag_blocks;
 
         uint32_t *order;        /* valid files, preferred first */
         size_t n_valid;
         uint32_t *rep_next;     /* per file: the next replica of its virtual file */
 
-        /* virtual files */
+        /* virtual files, numbered in the rank order of their preferred replicas */
         size_t n_vf;
-        uint32_t *vf_best, *vf_last, *vf_n_rep, *vf_dir, *vf_album;
+        uint32_t *vf_best, *vf_dir, *vf_album;
         bool *vf_compilation;
-        char **vf_path;         /* rendered */
+        const char **vf_path;   /* rendered, in paths */
+        Arena paths;
         char **vf_final;        /* with a collision suffix; NULL = vf_path */
         char **vf_album_artist;
 
+        /* what the tree needs of the rows once the paths are rendered: the replicas (the tree's,
+         * grouped by virtual file: those of v from vf_first_rep[v] to vf_first_rep[v + 1]) and the
+         * preferred replica's size and mtime */
+        TreeReplica *replicas;
+        uint32_t *vf_first_rep;
+        uint64_t *vf_size;
+        int64_t *vf_mtime;
+        const char **node_name; /* per node (directories, then files), in tree_strings */
+
         TagGroup *tag_groups;
-        size_t n_tag_groups;
+        size_t n_tag_groups, cap_tag_groups;
         AlbumGroup *albums;
-        size_t n_albums;
+        size_t n_albums, cap_albums;
 
         DirInfo *dirs;
         size_t n_dirs, cap_dirs;
@@ -536,27 +561,31 @@ static const char *vf_final_path(const Build *b, uint32_t v) {
 
 static void build_done(Build *b) {
         free(b->files);
-        arena_free(&b->rel_paths);
+        arena_free(&b->tree_strings);
         arena_free(&b->tag_strings);
+        free(b->tag_blocks);
+        free(b->tag_block_first_row);
         free(b->order);
         free(b->rep_next);
         free(b->vf_best);
-        free(b->vf_last);
-        free(b->vf_n_rep);
         free(b->vf_dir);
         free(b->vf_album);
         free(b->vf_compilation);
         for (size_t v = 0; v < b->n_vf; v++) {
-                if (b->vf_path)
-                        free(b->vf_path[v]);
                 if (b->vf_final)
                         free(b->vf_final[v]);
                 if (b->vf_album_artist)
                         free(b->vf_album_artist[v]);
         }
         free(b->vf_path);
+        arena_free(&b->paths);
         free(b->vf_final);
         free(b->vf_album_artist);
+        free(b->replicas);
+        free(b->vf_first_rep);
+        free(b->vf_size);
+        free(b->vf_mtime);
+        free(b->node_name);
         free(b->tag_groups);
         free(b->albums);
         free(b->dirs);
@@ -572,6 +601,11 @@ static void build_drop_tags(Build *b) {
         for (size_t i = 0; i < b->n_files; i++)
                 b->files[i].strings = NULL;
         arena_free(&b->tag_strings);
+        free(b->tag_blocks);
+        free(b->tag_block_first_row);
+        b->tag_blocks = NULL;
+        b->tag_block_first_row = NULL;
+        b->n_tag_blocks = b->cap_tag_blocks = 0;
         for (size_t v = 0; b->vf_album_artist && v < b->n_vf; v++)
                 free(b->vf_album_artist[v]);
         free(b->vf_album_artist);
@@ -584,21 +618,44 @@ static void build_drop_tags(Build *b) {
         b->vf_album = NULL;
         b->tag_groups = NULL;
         b->albums = NULL;
-        b->n_tag_groups = b->n_albums = 0;
+        b->n_tag_groups = b->n_albums = b->cap_tag_groups = b->cap_albums = 0;
 }
 
-/* Once the nodes hold the files' sizes, times and replicas, the rows are done with too: inode numbers
- * go by rendered path. */
-static void build_drop_rows(Build *b) {
+/* After the rendering, of the rows the tree needs only their replicas and the preferred ones' sizes
+ * and times: those are taken now, so the rows (the largest part of the build with the rendered
+ * paths) are gone before the tree is allocated. */
+static int build_take_rows(Build *b) {
+        uint32_t k = 0;
+
+        if (!ALLOC_ARRAY(b->replicas, b->n_valid) || !ALLOC_ARRAY(b->vf_first_rep, b->n_vf + 1) ||
+            !ALLOC_ARRAY(b->vf_size, b->n_vf) || !ALLOC_ARRAY(b->vf_mtime, b->n_vf))
+                return -ENOMEM;
+        for (size_t v = 0; v < b->n_vf; v++) {
+                const PackedFile *best = b->files + b->vf_best[v];
+
+                b->vf_first_rep[v] = k;
+                b->vf_size[v] = best->size;
+                b->vf_mtime[v] = best->mtime_ns;
+                for (uint32_t i = b->vf_best[v]; i != NONE; i = b->rep_next[i]) {
+                        const PackedFile *f = b->files + i;
+
+                        b->replicas[k++] = (TreeReplica) {
+                                .origin_id = f->origin_id,
+                                .priority = f->priority,
+                                .file_id = f->id,
+                                .rel_path = (char *) f->rel_path,
+                        };
+                }
+        }
+        b->vf_first_rep[b->n_vf] = k;
+
         free(b->files);
-        free(b->order);
         free(b->rep_next);
         free(b->vf_best);
-        free(b->vf_last);
-        free(b->vf_n_rep);
         b->files = NULL;
-        b->order = b->rep_next = b->vf_best = b->vf_last = b->vf_n_rep = NULL;
+        b->rep_next = b->vf_best = NULL;
         b->n_files = b->cap_files = 0;
+        return 0;
 }
 
 /* Preferred replica first: origin priority (lower wins), origin id, rel_path. */
@@ -632,9 +689,8 @@ static bool replica_eq(const void *ctx, uint32_t v, const void *key) {
         return f->size == k->size && strcmp(f->rel_path, k->rel_path) == 0;
 }
 
-#define ALLOC_ARRAY(p, n) ((p) = calloc((n) ? (n) : 1, sizeof(*(p))))
-
 static int build_merge_replicas(Build *b) {
+        _cleanup_free_ uint32_t *vf_last = NULL;
         HashIndex idx = {};
         int r;
 
@@ -650,8 +706,7 @@ static int build_merge_replicas(Build *b) {
                         break;
                 }
 
-        if (!ALLOC_ARRAY(b->vf_best, b->n_valid) || !ALLOC_ARRAY(b->vf_last, b->n_valid) ||
-            !ALLOC_ARRAY(b->vf_n_rep, b->n_valid))
+        if (!ALLOC_ARRAY(b->vf_best, b->n_valid) || !ALLOC_ARRAY(vf_last, b->n_valid))
                 return -ENOMEM;
         r = hash_index_init(&idx, b->n_valid);
         if (r < 0)
@@ -668,19 +723,20 @@ static int build_merge_replicas(Build *b) {
                 b->rep_next[i] = NONE;
                 if (slot->value != 0) {
                         uint32_t v = slot->value - 1;
-                        b->rep_next[b->vf_last[v]] = i;
-                        b->vf_last[v] = i;
-                        b->vf_n_rep[v]++;
+                        b->rep_next[vf_last[v]] = i;
+                        vf_last[v] = i;
                         continue;
                 }
                 uint32_t v = (uint32_t) b->n_vf++;
-                b->vf_best[v] = b->vf_last[v] = i;
-                b->vf_n_rep[v] = 1;
+                b->vf_best[v] = vf_last[v] = i;
                 r = hash_index_fill(&idx, slot, h, v);
                 if (r < 0)
                         break;
         }
         hash_index_done(&idx);
+        /* the rank order is in the virtual files' numbers now */
+        free(b->order);
+        b->order = NULL;
         return r;
 }
 
@@ -701,13 +757,14 @@ static int build_group_albums(Build *b) {
         uint32_t *vf_tag_group = NULL;
         int r;
 
-        if (!ALLOC_ARRAY(b->tag_groups, b->n_vf) || !ALLOC_ARRAY(b->albums, b->n_vf) ||
-            !ALLOC_ARRAY(b->vf_album, b->n_vf) || !ALLOC_ARRAY(b->vf_compilation, b->n_vf) ||
+        /* The groups are mostly whole albums, a tenth of the files or fewer: their arrays and
+         * indexes grow as needed rather than sized for one group per file. */
+        if (!ALLOC_ARRAY(b->vf_album, b->n_vf) || !ALLOC_ARRAY(b->vf_compilation, b->n_vf) ||
             !ALLOC_ARRAY(b->vf_album_artist, b->n_vf) || !ALLOC_ARRAY(vf_tag_group, b->n_vf))
                 return -ENOMEM;
 
         /* tag groups: which albums are compilations */
-        r = hash_index_init(&idx, b->n_vf);
+        r = hash_index_init(&idx, b->n_vf / 8);
         if (r < 0)
                 goto finish;
         for (size_t v = 0; v < b->n_vf; v++) {
@@ -728,6 +785,16 @@ static int build_group_albums(Build *b) {
                 if (slot->value != 0)
                         g = slot->value - 1;
                 else {
+                        if (b->n_tag_groups == b->cap_tag_groups) {
+                                size_t cap = b->cap_tag_groups ? b->cap_tag_groups * 2 : 64;
+                                TagGroup *groups = reallocarray(b->tag_groups, cap, sizeof *groups);
+                                if (!groups) {
+                                        r = -ENOMEM;
+                                        goto finish;
+                                }
+                                b->tag_groups = groups;
+                                b->cap_tag_groups = cap;
+                        }
                         g = (uint32_t) b->n_tag_groups++;
                         b->tag_groups[g] = key;
                         r = hash_index_fill(&idx, slot, h, g);
@@ -740,7 +807,7 @@ static int build_group_albums(Build *b) {
         hash_index_done(&idx);
 
         /* albums: which are multi-disc */
-        r = hash_index_init(&idx, b->n_vf);
+        r = hash_index_init(&idx, b->n_vf / 8);
         if (r < 0)
                 goto finish;
         const char *aa = NULL;
@@ -774,6 +841,16 @@ static int build_group_albums(Build *b) {
                 if (slot->value != 0)
                         a = slot->value - 1;
                 else {
+                        if (b->n_albums == b->cap_albums) {
+                                size_t cap = b->cap_albums ? b->cap_albums * 2 : 64;
+                                AlbumGroup *albums = reallocarray(b->albums, cap, sizeof *albums);
+                                if (!albums) {
+                                        r = -ENOMEM;
+                                        goto finish;
+                                }
+                                b->albums = albums;
+                                b->cap_albums = cap;
+                        }
                         a = (uint32_t) b->n_albums++;
                         b->albums[a] = key;
                         r = hash_index_fill(&idx, slot, h, a);
@@ -783,6 +860,21 @@ static int build_group_albums(Build *b) {
                 b->albums[a].multi_disc |= tags->disc > 1 || tags->disc_total > 1;
                 b->vf_album[v] = a;
         }
+        /* The rendering needs only whether each album is multi-disc. */
+        free(b->tag_groups);
+        b->tag_groups = NULL;
+        b->n_tag_groups = b->cap_tag_groups = 0;
+        for (size_t v = 0; v < b->n_vf; v++)
+                free(b->vf_album_artist[v]);
+        free(b->vf_album_artist);
+        b->vf_album_artist = NULL;
+        for (size_t a = 0; a < b->n_albums; a++)
+                b->albums[a].album_artist = NULL;       /* freed: the rendering needs only multi_disc */
+        AlbumGroup *albums = reallocarray(b->albums, b->n_albums ?: 1, sizeof *albums);
+        if (albums) {
+                b->albums = albums;
+                b->cap_albums = b->n_albums;
+        }
         r = 0;
 finish:
         hash_index_done(&idx);
@@ -790,12 +882,73 @@ finish:
         return r;
 }
 
+/* Frees block k of the tag strings (its rows' strings must not be read again). */
+static void build_free_tag_block(Build *b, size_t k) {
+        for (ArenaBlock **p = &b->tag_strings.head; *p; p = &(*p)->next)
+                if (*p == b->tag_blocks[k]) {
+                        *p = (*p)->next;
+                        free(b->tag_blocks[k]);
+                        b->tag_blocks[k] = NULL;
+                        return;
+                }
+}
+
+static int tag_block_last_cmp(const void *x, const void *y, void *userdata) {
+        const uint32_t *last = userdata;
+        uint32_t a = last[*(const uint32_t *) x], c = last[*(const uint32_t *) y];
+        return (a > c) - (a < c);
+}
+
+/* The rendering reads the tags of each virtual file's preferred row once, nearly always in the order
+ * the rows came in: a block of tag strings is freed as soon as the last of its rows is rendered, so
+ * the rendered paths mostly take the place of the tags rather than come on top of them. Returns, for
+ * the blocks sorted by the virtual file that reads them last, their numbers (*ret_order) and those
+ * last readers (*ret_last; NONE, sorted last: no reader, freed at once). */
+static int build_tag_block_plan(Build *b, uint32_t **ret_order, uint32_t **ret_last) {
+        _cleanup_free_ uint32_t *order = NULL, *last = NULL;
+
+        if (!ALLOC_ARRAY(order, b->n_tag_blocks) || !ALLOC_ARRAY(last, b->n_tag_blocks))
+                return -ENOMEM;
+        for (size_t k = 0; k < b->n_tag_blocks; k++) {
+                order[k] = (uint32_t) k;
+                last[k] = NONE;
+        }
+        for (size_t v = 0; v < b->n_vf; v++) {
+                uint32_t i = b->vf_best[v];
+                size_t lo = 0, hi = b->n_tag_blocks;
+
+                if (!b->files[i].strings)
+                        continue;
+                /* the last block starting at or before row i */
+                while (hi - lo > 1) {
+                        size_t mid = lo + (hi - lo) / 2;
+                        if (b->tag_block_first_row[mid] <= i)
+                                lo = mid;
+                        else
+                                hi = mid;
+                }
+                last[lo] = (uint32_t) v;
+        }
+        for (size_t k = 0; k < b->n_tag_blocks; k++)
+                if (last[k] == NONE)
+                        build_free_tag_block(b, k);
+        qsort_r(order, b->n_tag_blocks, sizeof *order, tag_block_last_cmp, last);
+        *ret_order = TAKE_PTR(order);
+        *ret_last = TAKE_PTR(last);
+        return 0;
+}
+
 static int build_render(Build *b, const Template *tpl) {
         _cleanup_free_ char *stem = NULL;
-        size_t stem_cap = 0;
+        _cleanup_free_ uint32_t *block_order = NULL, *block_last = NULL;
+        size_t stem_cap = 0, next_block = 0;
+        int r;
 
-        if (!ALLOC_ARRAY(b->vf_path, b->n_vf) || !ALLOC_ARRAY(b->vf_final, b->n_vf))
+        if (!ALLOC_ARRAY(b->vf_path, b->n_vf))
                 return -ENOMEM;
+        r = build_tag_block_plan(b, &block_order, &block_last);
+        if (r < 0)
+                return r;
 
         for (size_t v = 0; v < b->n_vf; v++) {
                 CatalogFile view;
@@ -831,9 +984,17 @@ static int build_render(Build *b, const Template *tpl) {
                         .multi_disc = b->albums[b->vf_album[v]].multi_disc,
                         .compilation = b->vf_compilation[v],
                 };
-                int r = template_render(tpl, &in, &b->vf_path[v]);
+                _cleanup_free_ char *path = NULL;
+                r = template_render(tpl, &in, &path);
                 if (r < 0)
                         return log_error_errno(r, "Failed to render the path of %s: %m", f->rel_path);
+                /* the renderer's buffer is more than twice the path as a rule */
+                b->vf_path[v] = arena_strndup(&b->paths, path, strlen(path));
+                if (!b->vf_path[v])
+                        return -ENOMEM;
+
+                for (; next_block < b->n_tag_blocks && block_last[block_order[next_block]] == v; next_block++)
+                        build_free_tag_block(b, block_order[next_block]);
         }
         return 0;
 }
@@ -909,8 +1070,8 @@ static int vf_collision_cmp(const void *x, const void *y, void *userdata) {
         int c = strcmp(b->vf_path[v], b->vf_path[w]);
         if (c != 0)
                 return c;
-        /* vf_best follows the rank order, so it breaks ties by rank */
-        return order_cmp(&b->vf_best[v], &b->vf_best[w], userdata);
+        /* virtual files are numbered in rank order */
+        return (v > w) - (v < w);
 }
 
 /* "dir/name.ext" -> "dir/name (n).ext", the file name kept within NAME_MAX. */
@@ -954,7 +1115,7 @@ static int build_names(Build *b) {
         size_t n_losers = 0;
         int r;
 
-        if (!ALLOC_ARRAY(sorted, b->n_vf) || !ALLOC_ARRAY(losers, b->n_vf))
+        if (!ALLOC_ARRAY(b->vf_final, b->n_vf) || !ALLOC_ARRAY(sorted, b->n_vf) || !ALLOC_ARRAY(losers, b->n_vf))
                 return -ENOMEM;
         for (size_t v = 0; v < b->n_vf; v++)
                 sorted[v] = (uint32_t) v;
@@ -1003,9 +1164,9 @@ static int build_names(Build *b) {
                         uint32_t h = hash_bytes(candidate, strlen(candidate));
                         if (path_taken(b, candidate, h))
                                 continue;
+                        const TreeReplica *best = b->replicas + b->vf_first_rep[v];
                         log_debug("Two files render to %s, the one from origin %" PRIi64 " path %s is listed as %s",
-                                  b->vf_path[v], b->files[b->vf_best[v]].origin_id, b->files[b->vf_best[v]].rel_path,
-                                  candidate);
+                                  b->vf_path[v], best->origin_id, best->rel_path, candidate);
                         Span key = { candidate, strlen(candidate) };
                         HashSlot *slot = hash_index_find(&b->file_index, h, &key, file_eq, b);
                         b->vf_final[v] = TAKE_PTR(candidate);
@@ -1024,6 +1185,45 @@ static int child_name_cmp(const void *x, const void *y) {
         return strcmp(a->name, c->name);
 }
 
+/* The nodes' names go to the tree's strings now: the rendered paths and their indexes are done with
+ * before the nodes are allocated (inode numbers are then looked up through the tree's children). */
+static int build_node_names(Build *b) {
+        if (!ALLOC_ARRAY(b->node_name, b->n_dirs + b->n_vf))
+                return -ENOMEM;
+        for (size_t d = 0; d < b->n_dirs; d++) {
+                const DirInfo *di = b->dirs + d;
+                const char *name = memrchr(di->path, '/', di->len);
+                name = name ? name + 1 : di->path;
+
+                b->node_name[d] = arena_strndup(&b->tree_strings, name, di->len - (size_t) (name - di->path));
+                if (!b->node_name[d])
+                        return -ENOMEM;
+        }
+        for (size_t v = 0; v < b->n_vf; v++) {
+                const char *path = vf_final_path(b, (uint32_t) v);
+                const char *name = strrchr(path, '/');
+                name = name ? name + 1 : path;
+
+                b->node_name[b->n_dirs + v] = arena_strndup(&b->tree_strings, name, strlen(name));
+                if (!b->node_name[b->n_dirs + v])
+                        return -ENOMEM;
+        }
+
+        /* the directories' paths pointed into the rendered paths */
+        for (size_t d = 0; d < b->n_dirs; d++)
+                b->dirs[d].path = NULL;
+        hash_index_done(&b->dir_index);
+        hash_index_done(&b->file_index);
+        for (size_t v = 0; v < b->n_vf; v++)
+                free(b->vf_final[v]);
+        free(b->vf_final);
+        free(b->vf_path);
+        arena_free(&b->paths);
+        b->vf_final = NULL;
+        b->vf_path = NULL;
+        return 0;
+}
+
 static int build_nodes(Build *b) {
         _cleanup_free_ uint32_t *fill = NULL;
         Tree *t;
@@ -1034,51 +1234,35 @@ static int build_nodes(Build *b) {
                 return r;
         t = b->tree;
         t->n_files = b->n_vf;
-        /* every row is a replica of one file: the replicas point at the rows' own rel_paths */
-        t->strings = b->rel_paths;
-        b->rel_paths = (Arena) {};
-        if (!ALLOC_ARRAY(t->children, t->n_nodes) || !ALLOC_ARRAY(t->replicas, b->n_valid) ||
-            !ALLOC_ARRAY(fill, b->n_dirs))
+        /* the replicas point at the rows' rel_paths, the nodes at their names: all in tree_strings */
+        t->strings = b->tree_strings;
+        b->tree_strings = (Arena) {};
+        t->replicas = TAKE_PTR(b->replicas);
+        if (!ALLOC_ARRAY(t->children, t->n_nodes) || !ALLOC_ARRAY(fill, b->n_dirs))
                 return -ENOMEM;
 
         for (size_t d = 0; d < b->n_dirs; d++) {
-                const DirInfo *di = b->dirs + d;
-                const char *name = memrchr(di->path, '/', di->len);
-                name = name ? name + 1 : di->path;
-
                 t->nodes[d].is_dir = true;
                 t->nodes[d].mtime_ns = INT64_MIN;
-                t->nodes[d].name = arena_strndup(&t->strings, name, di->len - (size_t) (name - di->path));
-                if (!t->nodes[d].name)
-                        return -ENOMEM;
+                t->nodes[d].name = (char *) b->node_name[d];
                 if (d > 0)
-                        t->nodes[di->parent].n_children++;
+                        t->nodes[b->dirs[d].parent].n_children++;
         }
 
-        TreeReplica *rep = t->replicas;
         for (size_t v = 0; v < b->n_vf; v++) {
                 TreeNode *n = t->nodes + b->n_dirs + v;
-                const PackedFile *best = b->files + b->vf_best[v];
-                const char *path = vf_final_path(b, (uint32_t) v);
-                const char *name = strrchr(path, '/');
 
-                n->name = arena_strndup(&t->strings, name ? name + 1 : path, strlen(name ? name + 1 : path));
-                if (!n->name)
-                        return -ENOMEM;
-                n->size = best->size;
-                n->mtime_ns = best->mtime_ns;
-                n->replicas = rep;
-                for (uint32_t i = b->vf_best[v]; i != NONE; i = b->rep_next[i]) {
-                        const PackedFile *f = b->files + i;
-
-                        *rep++ = (TreeReplica) {
-                                .origin_id = f->origin_id,
-                                .priority = f->priority,
-                                .file_id = f->id,
-                                .rel_path = (char *) f->rel_path,
-                        };
-                        n->n_replicas++;
+                n->name = (char *) b->node_name[b->n_dirs + v];
+                n->size = b->vf_size[v];
+                n->mtime_ns = b->vf_mtime[v];
+                n->replicas = t->replicas + b->vf_first_rep[v];
+                uint32_t n_replicas = b->vf_first_rep[v + 1] - b->vf_first_rep[v];
+                if (n_replicas > TREE_REPLICAS_MAX) {
+                        log_warning("%s is on %" PRIu32 " origins, listing the first %u as its replicas", n->name,
+                                    n_replicas, TREE_REPLICAS_MAX);
+                        n_replicas = TREE_REPLICAS_MAX;
                 }
+                n->n_replicas = (uint16_t) n_replicas;
                 t->nodes[b->vf_dir[v]].n_children++;
 
                 /* a directory's mtime is the newest below it */
@@ -1090,6 +1274,14 @@ static int build_nodes(Build *b) {
                                 break;
                 }
         }
+        free(b->node_name);
+        free(b->vf_first_rep);
+        free(b->vf_size);
+        free(b->vf_mtime);
+        b->node_name = NULL;
+        b->vf_first_rep = NULL;
+        b->vf_size = NULL;
+        b->vf_mtime = NULL;
 
         for (size_t d = 0; d < b->n_dirs; d++)
                 if (t->nodes[d].mtime_ns == INT64_MIN)
@@ -1114,29 +1306,90 @@ static int build_nodes(Build *b) {
         return 0;
 }
 
+/* The child of dir called name[0..len), by binary search in the sorted children; strcmp's order. */
+static const TreeNode *dir_find_child_n(const TreeNode *dir, const char *name, size_t len) {
+        size_t lo = 0, hi = dir->n_children;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                const char *c_name = dir->children[mid]->name;
+                int c = strncmp(name, c_name, len);
+
+                if (c == 0 && c_name[len] != '\0')
+                        c = -1;         /* name is a prefix of c_name */
+                if (c == 0)
+                        return dir->children[mid];
+                if (c < 0)
+                        hi = mid;
+                else
+                        lo = mid + 1;
+        }
+        return NULL;
+}
+
+/* The node at path ("Artist/Album/01 - x.flac", the root at ""), walking down from the root. */
+static const TreeNode *build_node_at(const Tree *t, const char *path) {
+        const TreeNode *n = t->nodes;
+
+        for (const char *p = path; *p;) {
+                const char *slash = strchr(p, '/');
+                size_t len = slash ? (size_t) (slash - p) : strlen(p);
+
+                if (!n->is_dir)
+                        return NULL;
+                n = dir_find_child_n(n, p, len);
+                if (!n)
+                        return NULL;
+                if (!slash)
+                        break;
+                p = slash + 1;
+                if (!*p)
+                        return NULL;    /* a trailing slash names no node */
+        }
+        return n;
+}
+
+/* Node i's path, newly allocated: its names up the parents (the nodes' parent inodes are not set yet). */
+static char *build_node_path(const Build *b, size_t i) {
+        const Tree *t = b->tree;
+        size_t len = 0;
+
+        for (size_t j = i; j != 0; j = j < b->n_dirs ? b->dirs[j].parent : b->vf_dir[j - b->n_dirs])
+                len += strlen(t->nodes[j].name) + 1;
+        char *path = malloc(len ?: 1);
+        if (!path)
+                return NULL;
+        size_t end = len > 0 ? len - 1 : 0;
+        path[end] = '\0';
+        for (size_t j = i; j != 0; j = j < b->n_dirs ? b->dirs[j].parent : b->vf_dir[j - b->n_dirs]) {
+                size_t l = strlen(t->nodes[j].name);
+
+                end -= l;
+                memcpy(path + end, t->nodes[j].name, l);
+                if (end > 0)
+                        path[--end] = '/';
+        }
+        return path;
+}
+
 static int node_id_cb(const char *path, int64_t id, void *userdata) {
         Build *b = userdata;
-        Span key = { path, strlen(path) };
-        uint32_t h, i;
+        const TreeNode *n;
 
-        if (key.len == 0)
+        if (!path[0])
                 return 0;       /* the root is always TREE_ROOT_INO */
-        h = hash_bytes(key.p, key.len);
-        if ((i = hash_index_get(&b->dir_index, h, &key, dir_eq, b)) == NONE) {
-                i = hash_index_get(&b->file_index, h, &key, file_eq, b);
-                if (i == NONE)
-                        return 0;
-                i += (uint32_t) b->n_dirs;
-        }
+        n = build_node_at(b->tree, path);
+        if (!n)
+                return 0;
         if (id <= TREE_ROOT_INO)
                 return log_error_errno(-EBADMSG, "Catalog gives %s the inode number %" PRIi64 ", refusing", path, id);
-        b->tree->nodes[i].ino = (uint64_t) id;
+        b->tree->nodes[n - b->tree->nodes].ino = (uint64_t) id;
         return 0;
 }
 
 static int build_inodes(Build *b, Catalog *catalog) {
         Tree *t = b->tree;
-        _cleanup_free_ const char **paths = NULL;
+        _cleanup_free_ char **paths = NULL;
         _cleanup_free_ int64_t *ids = NULL;
         _cleanup_free_ uint32_t *which = NULL;
         size_t n_missing = 0;
@@ -1156,17 +1409,14 @@ static int build_inodes(Build *b, Catalog *catalog) {
                 for (size_t i = 1; i < t->n_nodes; i++) {
                         if (t->nodes[i].ino != 0)
                                 continue;
-                        if (i < b->n_dirs)
-                                paths[k] = strndup(b->dirs[i].path, b->dirs[i].len);
-                        else
-                                paths[k] = vf_final_path(b, (uint32_t) (i - b->n_dirs));
+                        paths[k] = build_node_path(b, i);
                         if (!paths[k]) {
                                 r = -ENOMEM;
                                 goto finish;
                         }
                         which[k++] = (uint32_t) i;
                 }
-                r = catalog_nodes_assign(catalog, paths, n_missing, ids);
+                r = catalog_nodes_assign(catalog, (const char **) paths, n_missing, ids);
                 if (r < 0) {
                         log_error_errno(r, "Failed to assign inode numbers to %zu new paths: %m", n_missing);
                         goto finish;
@@ -1189,11 +1439,17 @@ static int build_inodes(Build *b, Catalog *catalog) {
 
 finish:
         for (size_t k = 0; paths && k < n_missing; k++)
-                if (which[k] != 0 && which[k] < b->n_dirs)
-                        free((char *) paths[k]);
+                free(paths[k]);
         return r;
 }
 
+
+/* After a pass that freed a large part of the build: glibc keeps the freed pages, and what the next
+ * passes allocate mostly does not fit in the holes, so it would come on top of them (at 100k tracks
+ * ~5 MB of the build's peak). A trim costs 1-2 ms. */
+static void build_release_freed(void) {
+        (void) malloc_trim(0);
+}
 
 int tree_builder_new(TreeBuilder **ret) {
         if (!ret)
@@ -1264,13 +1520,30 @@ int tree_builder_add(TreeBuilder *tb, const CatalogFile *f) {
                 tb->cap_files = cap;
         }
 
-        row.rel_path = arena_strndup(&tb->rel_paths, f->rel_path, strlen(f->rel_path));
+        row.rel_path = arena_strndup(&tb->tree_strings, f->rel_path, strlen(f->rel_path));
         if (!row.rel_path)
                 return -ENOMEM;
         if (len > 0) {
+                if (tb->n_tag_blocks == tb->cap_tag_blocks) {
+                        size_t cap = tb->cap_tag_blocks ? tb->cap_tag_blocks * 2 : 64;
+                        ArenaBlock **blocks = reallocarray(tb->tag_blocks, cap, sizeof *blocks);
+                        if (!blocks)
+                                return -ENOMEM;
+                        tb->tag_blocks = blocks;
+                        uint32_t *first = reallocarray(tb->tag_block_first_row, cap, sizeof *first);
+                        if (!first)
+                                return -ENOMEM;
+                        tb->tag_block_first_row = first;
+                        tb->cap_tag_blocks = cap;
+                }
+                ArenaBlock *head = tb->tag_strings.head;
                 p = arena_alloc(&tb->tag_strings, len);
                 if (!p)
                         return -ENOMEM;
+                if (tb->tag_strings.head != head) {
+                        tb->tag_blocks[tb->n_tag_blocks] = tb->tag_strings.head;
+                        tb->tag_block_first_row[tb->n_tag_blocks++] = (uint32_t) tb->n_files;
+                }
                 row.strings = p;
                 for (int k = 0; k < _PACKED_MAX; k++)
                         if (fields[k])
@@ -1296,26 +1569,43 @@ int tree_builder_finish(TreeBuilder *tb, Catalog *catalog, const Template *tpl, 
                 goto finish;
         }
 
+        /* The rows' array grew by doubling: up to half of it is slack, through the build's peak. */
+        if (tb->n_files > 0 && tb->n_files < tb->cap_files) {
+                PackedFile *files = reallocarray(tb->files, tb->n_files, sizeof *files);
+                if (files) {
+                        tb->files = files;
+                        tb->cap_files = tb->n_files;
+                }
+        }
         r = build_merge_replicas(tb);
         if (r < 0)
                 goto finish;
+        build_release_freed();
         r = build_group_albums(tb);
         if (r < 0)
                 goto finish;
+        build_release_freed();
         r = build_render(tb, tpl);
         if (r < 0)
                 goto finish;
         build_drop_tags(tb);
+        r = build_take_rows(tb);
+        if (r < 0)
+                goto finish;
+        build_release_freed();
         r = build_dirs(tb);
         if (r < 0)
                 goto finish;
         r = build_names(tb);
         if (r < 0)
                 goto finish;
+        r = build_node_names(tb);
+        if (r < 0)
+                goto finish;
+        build_release_freed();
         r = build_nodes(tb);
         if (r < 0)
                 goto finish;
-        build_drop_rows(tb);
         r = build_inodes(tb, catalog);
         if (r < 0)
                 goto finish;

@@ -26,20 +26,23 @@ typedef struct TreeReplica {
         char *rel_path;
 } TreeReplica;
 
+/* 64 bytes: a tree has one per file and directory, and two trees are in memory during a rebuild. */
 typedef struct TreeNode {
         uint64_t ino;
         uint64_t parent;        /* root's parent is itself */
         char *name;             /* "" for root */
-        bool is_dir;
         uint64_t size;          /* files */
         int64_t mtime_ns;       /* files: origin mtime; dirs: newest below */
         /* directories: children sorted by name (strcmp) */
         struct TreeNode **children;
-        size_t n_children;
         /* files: replicas, preferred first */
         TreeReplica *replicas;
-        size_t n_replicas;
+        uint32_t n_children;
+        uint16_t n_replicas;    /* a build lists at most TREE_REPLICAS_MAX */
+        bool is_dir;
 } TreeNode;
+
+#define TREE_REPLICAS_MAX UINT16_MAX
 
 typedef struct Tree Tree;
 
