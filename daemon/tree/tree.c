@@ -785,15 +785,9 @@ static int build_group_albums(Build *b) {
                 if (slot->value != 0)
                         g = slot->value - 1;
                 else {
-                        if (b->n_tag_groups == b->cap_tag_groups) {
-                                size_t cap = b->cap_tag_groups ? b->cap_tag_groups * 2 : 64;
-                                TagGroup *groups = reallocarray(b->tag_groups, cap, sizeof *groups);
-                                if (!groups) {
-                                        r = -ENOMEM;
-                                        goto finish;
-                                }
-                                b->tag_groups = groups;
-                                b->cap_tag_groups = cap;
+                        if (GREEDY_REALLOC(b->tag_groups, b->cap_tag_groups, b->n_tag_groups + 1) < 0) {
+                                r = -ENOMEM;
+                                goto finish;
                         }
                         g = (uint32_t) b->n_tag_groups++;
                         b->tag_groups[g] = key;
@@ -841,15 +835,9 @@ static int build_group_albums(Build *b) {
                 if (slot->value != 0)
                         a = slot->value - 1;
                 else {
-                        if (b->n_albums == b->cap_albums) {
-                                size_t cap = b->cap_albums ? b->cap_albums * 2 : 64;
-                                AlbumGroup *albums = reallocarray(b->albums, cap, sizeof *albums);
-                                if (!albums) {
-                                        r = -ENOMEM;
-                                        goto finish;
-                                }
-                                b->albums = albums;
-                                b->cap_albums = cap;
+                        if (GREEDY_REALLOC(b->albums, b->cap_albums, b->n_albums + 1) < 0) {
+                                r = -ENOMEM;
+                                goto finish;
                         }
                         a = (uint32_t) b->n_albums++;
                         b->albums[a] = key;
@@ -1036,13 +1024,8 @@ static int build_dirs(Build *b) {
                                 parent = slot->value - 1;
                                 continue;
                         }
-                        if (b->n_dirs == b->cap_dirs) {
-                                DirInfo *n = realloc(b->dirs, b->cap_dirs * 2 * sizeof(DirInfo));
-                                if (!n)
-                                        return -ENOMEM;
-                                b->dirs = n;
-                                b->cap_dirs *= 2;
-                        }
+                        if (GREEDY_REALLOC(b->dirs, b->cap_dirs, b->n_dirs + 1) < 0)
+                                return -ENOMEM;
                         if (b->n_dirs >= UINT32_MAX - 1 || key.len > UINT32_MAX)
                                 return -E2BIG;
                         uint32_t d = (uint32_t) b->n_dirs++;
@@ -1511,31 +1494,20 @@ int tree_builder_add(TreeBuilder *tb, const CatalogFile *f) {
                         len += strlen(fields[k]) + 1;
                 }
 
-        if (tb->n_files == tb->cap_files) {
-                size_t cap = tb->cap_files ? tb->cap_files * 2 : 1024;
-                PackedFile *n = reallocarray(tb->files, cap, sizeof *n);
-                if (!n)
-                        return -ENOMEM;
-                tb->files = n;
-                tb->cap_files = cap;
-        }
+        if (GREEDY_REALLOC(tb->files, tb->cap_files, tb->n_files + 1) < 0)
+                return -ENOMEM;
 
         row.rel_path = arena_strndup(&tb->tree_strings, f->rel_path, strlen(f->rel_path));
         if (!row.rel_path)
                 return -ENOMEM;
         if (len > 0) {
-                if (tb->n_tag_blocks == tb->cap_tag_blocks) {
-                        size_t cap = tb->cap_tag_blocks ? tb->cap_tag_blocks * 2 : 64;
-                        ArenaBlock **blocks = reallocarray(tb->tag_blocks, cap, sizeof *blocks);
-                        if (!blocks)
-                                return -ENOMEM;
-                        tb->tag_blocks = blocks;
-                        uint32_t *first = reallocarray(tb->tag_block_first_row, cap, sizeof *first);
-                        if (!first)
-                                return -ENOMEM;
-                        tb->tag_block_first_row = first;
-                        tb->cap_tag_blocks = cap;
-                }
+                /* Two arrays, one count: each grows from the same capacity, which moves once both have. */
+                size_t cap_blocks = tb->cap_tag_blocks, cap_first = tb->cap_tag_blocks;
+                if (greedy_realloc((void **) &tb->tag_blocks, &cap_blocks, tb->n_tag_blocks + 1, sizeof *tb->tag_blocks) < 0 ||
+                    greedy_realloc((void **) &tb->tag_block_first_row, &cap_first, tb->n_tag_blocks + 1,
+                                   sizeof *tb->tag_block_first_row) < 0)
+                        return -ENOMEM;
+                tb->cap_tag_blocks = cap_blocks < cap_first ? cap_blocks : cap_first;
                 ArenaBlock *head = tb->tag_strings.head;
                 p = arena_alloc(&tb->tag_strings, len);
                 if (!p)
