@@ -18,6 +18,11 @@
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
 static inline void freep(void *p) { free(*(void **) p); }
+/* Frees p and returns NULL, for `x = mfree(x)`. */
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
 static inline void closep(int *fd) {
         if (*fd >= 0) {
                 int saved = errno;

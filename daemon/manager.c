@@ -77,11 +77,6 @@ static uint64_t realtime_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
 }
 
-static void *mfree_ptr(void *p) {
-        free(p);
-        return NULL;
-}
-
 static int strdup_to(char **dst, const char *src) {
         char *copy = NULL;
         if (src) {
@@ -2273,7 +2268,7 @@ static void health_check_detach(HealthCheck *c) {
         c->timeout_source = sd_event_source_disable_unref(c->timeout_source);
         for (size_t i = 0; i < c->n_waiters; i++)
                 sd_bus_message_unref(c->waiters[i]);
-        c->waiters = mfree_ptr(c->waiters);
+        c->waiters = mfree(c->waiters);
         c->n_waiters = 0;
         c->manager = NULL;
 }
@@ -2291,7 +2286,7 @@ static void health_check_answer(Manager *m, HealthCheck *c, const char *name, co
                 bus_manager_reply_check_origin(m, c->waiters[i], name, mo);
                 sd_bus_message_unref(c->waiters[i]);
         }
-        c->waiters = mfree_ptr(c->waiters);
+        c->waiters = mfree(c->waiters);
         c->n_waiters = 0;
 }
 
@@ -2415,7 +2410,7 @@ static void manager_record_check(Manager *m, ManagedOrigin *mo, int r, uint64_t 
                         changed[n++] = (char *) "ConsecutiveFailures";
                 }
                 if (mo->last_error) {
-                        mo->last_error = mfree_ptr(mo->last_error);
+                        mo->last_error = mfree(mo->last_error);
                         changed[n++] = (char *) "LastError";
                 }
                 mo->health = ORIGIN_HEALTHY;
@@ -2735,7 +2730,7 @@ int manager_unmount(Manager *m, bool force) {
         fusefs_stop(fs);
 
         log_info("Unmounted %s%s; still running", m->mountpoint, force ? " (forced)" : "");
-        m->mountpoint = mfree_ptr(m->mountpoint);
+        m->mountpoint = mfree(m->mountpoint);
         bus_manager_emit_changed(m, "MountPoint");
         return 0;
 }
@@ -2983,7 +2978,7 @@ static void manager_try_remount(Manager *m) {
                 log_notice("Mounted %s again after the kernel aborted its FUSE connection (%u of %u remounts "
                            "allowed within %u s); files open on the old mount must be opened again", m->remount_path,
                            m->remounts_in_window, REMOUNT_MAX, REMOUNT_WINDOW_USEC / 1000000u);
-                m->remount_path = mfree_ptr(m->remount_path);
+                m->remount_path = mfree(m->remount_path);
                 m->remount_attempt = 0;
                 return;
         }
@@ -3252,7 +3247,7 @@ static int manager_connect_bus(Manager *m) {
         const char *address = NULL;
         (void) sd_bus_get_address(bus, &address);
         if (address) {
-                m->bus_address = mfree_ptr(m->bus_address);
+                m->bus_address = mfree(m->bus_address);
                 if (manager_address_strip_guid(address, &m->bus_address) < 0) {
                         sd_bus_close_unref(bus);
                         return log_error_errno(ENOMEM, "Out of memory");

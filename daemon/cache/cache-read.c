@@ -156,11 +156,6 @@ static ChunkStore *read_store(Cache *c) {
         return __atomic_load_n(&c->store, __ATOMIC_ACQUIRE);
 }
 
-static void *mfree(void *p) {
-        free(p);
-        return NULL;
-}
-
 static size_t min_size(size_t a, size_t b) {
         return a < b ? a : b;
 }

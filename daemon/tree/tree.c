@@ -327,13 +327,17 @@ const TreeNode *tree_get(const Tree *t, uint64_t ino) {
         return NULL;
 }
 
-static const TreeNode *dir_find_child(const TreeNode *dir, const char *name) {
+/* The child of dir called name[0..len), by binary search in the sorted children; strcmp's order. */
+static const TreeNode *dir_find_child_n(const TreeNode *dir, const char *name, size_t len) {
         size_t lo = 0, hi = dir->n_children;
 
         while (lo < hi) {
                 size_t mid = lo + (hi - lo) / 2;
-                int c = strcmp(name, dir->children[mid]->name);
+                const char *c_name = dir->children[mid]->name;
+                int c = strncmp(name, c_name, len);
 
+                if (c == 0 && c_name[len] != '\0')
+                        c = -1;         /* name is a prefix of c_name */
                 if (c == 0)
                         return dir->children[mid];
                 if (c < 0)
@@ -342,6 +346,10 @@ static const TreeNode *dir_find_child(const TreeNode *dir, const char *name) {
                         lo = mid + 1;
         }
         return NULL;
+}
+
+static const TreeNode *dir_find_child(const TreeNode *dir, const char *name) {
+        return dir_find_child_n(dir, name, strlen(name));
 }
 
 const TreeNode *tree_lookup(const Tree *t, uint64_t parent_ino, const char *name) {
@@ -601,23 +609,16 @@ static void build_drop_tags(Build *b) {
         for (size_t i = 0; i < b->n_files; i++)
                 b->files[i].strings = NULL;
         arena_free(&b->tag_strings);
-        free(b->tag_blocks);
-        free(b->tag_block_first_row);
-        b->tag_blocks = NULL;
-        b->tag_block_first_row = NULL;
+        b->tag_blocks = mfree(b->tag_blocks);
+        b->tag_block_first_row = mfree(b->tag_block_first_row);
         b->n_tag_blocks = b->cap_tag_blocks = 0;
         for (size_t v = 0; b->vf_album_artist && v < b->n_vf; v++)
                 free(b->vf_album_artist[v]);
-        free(b->vf_album_artist);
-        free(b->vf_compilation);
-        free(b->vf_album);
-        free(b->tag_groups);
-        free(b->albums);
-        b->vf_album_artist = NULL;
-        b->vf_compilation = NULL;
-        b->vf_album = NULL;
-        b->tag_groups = NULL;
-        b->albums = NULL;
+        b->vf_album_artist = mfree(b->vf_album_artist);
+        b->vf_compilation = mfree(b->vf_compilation);
+        b->vf_album = mfree(b->vf_album);
+        b->tag_groups = mfree(b->tag_groups);
+        b->albums = mfree(b->albums);
         b->n_tag_groups = b->n_albums = b->cap_tag_groups = b->cap_albums = 0;
 }
 
@@ -649,11 +650,9 @@ static int build_take_rows(Build *b) {
         }
         b->vf_first_rep[b->n_vf] = k;
 
-        free(b->files);
-        free(b->rep_next);
-        free(b->vf_best);
-        b->files = NULL;
-        b->rep_next = b->vf_best = NULL;
+        b->files = mfree(b->files);
+        b->rep_next = mfree(b->rep_next);
+        b->vf_best = mfree(b->vf_best);
         b->n_files = b->cap_files = 0;
         return 0;
 }
@@ -735,8 +734,7 @@ static int build_merge_replicas(Build *b) {
         }
         hash_index_done(&idx);
         /* the rank order is in the virtual files' numbers now */
-        free(b->order);
-        b->order = NULL;
+        b->order = mfree(b->order);
         return r;
 }
 
@@ -849,13 +847,11 @@ static int build_group_albums(Build *b) {
                 b->vf_album[v] = a;
         }
         /* The rendering needs only whether each album is multi-disc. */
-        free(b->tag_groups);
-        b->tag_groups = NULL;
+        b->tag_groups = mfree(b->tag_groups);
         b->n_tag_groups = b->cap_tag_groups = 0;
         for (size_t v = 0; v < b->n_vf; v++)
                 free(b->vf_album_artist[v]);
-        free(b->vf_album_artist);
-        b->vf_album_artist = NULL;
+        b->vf_album_artist = mfree(b->vf_album_artist);
         for (size_t a = 0; a < b->n_albums; a++)
                 b->albums[a].album_artist = NULL;       /* freed: the rendering needs only multi_disc */
         AlbumGroup *albums = reallocarray(b->albums, b->n_albums ?: 1, sizeof *albums);
@@ -1199,11 +1195,9 @@ static int build_node_names(Build *b) {
         hash_index_done(&b->file_index);
         for (size_t v = 0; v < b->n_vf; v++)
                 free(b->vf_final[v]);
-        free(b->vf_final);
-        free(b->vf_path);
+        b->vf_final = mfree(b->vf_final);
+        b->vf_path = mfree(b->vf_path);
         arena_free(&b->paths);
-        b->vf_final = NULL;
-        b->vf_path = NULL;
         return 0;
 }
 
@@ -1257,14 +1251,10 @@ static int build_nodes(Build *b) {
                                 break;
                 }
         }
-        free(b->node_name);
-        free(b->vf_first_rep);
-        free(b->vf_size);
-        free(b->vf_mtime);
-        b->node_name = NULL;
-        b->vf_first_rep = NULL;
-        b->vf_size = NULL;
-        b->vf_mtime = NULL;
+        b->node_name = mfree(b->node_name);
+        b->vf_first_rep = mfree(b->vf_first_rep);
+        b->vf_size = mfree(b->vf_size);
+        b->vf_mtime = mfree(b->vf_mtime);
 
         for (size_t d = 0; d < b->n_dirs; d++)
                 if (t->nodes[d].mtime_ns == INT64_MIN)
@@ -1287,27 +1277,6 @@ static int build_nodes(Build *b) {
                 if (t->nodes[d].n_children > 1)
                         qsort(t->nodes[d].children, t->nodes[d].n_children, sizeof(TreeNode *), child_name_cmp);
         return 0;
-}
-
-/* The child of dir called name[0..len), by binary search in the sorted children; strcmp's order. */
-static const TreeNode *dir_find_child_n(const TreeNode *dir, const char *name, size_t len) {
-        size_t lo = 0, hi = dir->n_children;
-
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                const char *c_name = dir->children[mid]->name;
-                int c = strncmp(name, c_name, len);
-
-                if (c == 0 && c_name[len] != '\0')
-                        c = -1;         /* name is a prefix of c_name */
-                if (c == 0)
-                        return dir->children[mid];
-                if (c < 0)
-                        hi = mid;
-                else
-                        lo = mid + 1;
-        }
-        return NULL;
 }
 
 /* The node at path ("Artist/Album/01 - x.flac", the root at ""), walking down from the root. */
