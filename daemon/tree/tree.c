@@ -368,13 +368,16 @@ uint64_t tree_node_count(const Tree *t) {
         return t ? t->n_nodes : 0;
 }
 
-char *tree_node_path(const Tree *t, const TreeNode *n) {
+/* A parent of n in t: the published tree's by inode number, the build's by index (its inode numbers
+ * are not all known yet). NULL when the chain is broken. */
+typedef const TreeNode *(*node_parent_fn)(const void *ctx, const TreeNode *n);
+
+/* "Artist/Album/01 - x.flac" of n, joined from the names up to the root (""); NULL when out of memory
+ * or the chain is broken (the walk is bounded, so a loop cannot hang it). */
+static char *node_path_up(const Tree *t, const TreeNode *n, node_parent_fn parent, const void *ctx) {
         size_t len = 0, depth = 0;
 
-        if (!t || !n)
-                return NULL;
-        /* the walk is bounded so that a broken parent chain cannot loop */
-        for (const TreeNode *p = n;; p = tree_get(t, p->parent)) {
+        for (const TreeNode *p = n;; p = parent(ctx, p)) {
                 if (!p || depth++ > t->n_nodes)
                         return NULL;
                 if (p->ino == TREE_ROOT_INO)
@@ -387,7 +390,7 @@ char *tree_node_path(const Tree *t, const TreeNode *n) {
                 return NULL;
         size_t end = len > 0 ? len - 1 : 0;
         path[end] = '\0';
-        for (const TreeNode *p = n; p->ino != TREE_ROOT_INO; p = tree_get(t, p->parent)) {
+        for (const TreeNode *p = n; p->ino != TREE_ROOT_INO; p = parent(ctx, p)) {
                 size_t l = strlen(p->name);
 
                 end -= l;
@@ -396,6 +399,16 @@ char *tree_node_path(const Tree *t, const TreeNode *n) {
                         path[--end] = '/';
         }
         return path;
+}
+
+static const TreeNode *published_parent(const void *ctx, const TreeNode *n) {
+        return tree_get(ctx, n->parent);
+}
+
+char *tree_node_path(const Tree *t, const TreeNode *n) {
+        if (!t || !n)
+                return NULL;
+        return node_path_up(t, n, published_parent, t);
 }
 
 static int tree_alloc(size_t n_nodes, Tree **ret) {
@@ -1302,26 +1315,16 @@ static const TreeNode *build_node_at(const Tree *t, const char *path) {
 }
 
 /* Node i's path, newly allocated: its names up the parents (the nodes' parent inodes are not set yet). */
+static const TreeNode *build_parent(const void *ctx, const TreeNode *n) {
+        const Build *b = ctx;
+        size_t i = (size_t) (n - b->tree->nodes);
+
+        return b->tree->nodes + (i < b->n_dirs ? b->dirs[i].parent : b->vf_dir[i - b->n_dirs]);
+}
+
+/* Node i's path, before the tree's inode numbers (other than the root's) are all known. */
 static char *build_node_path(const Build *b, size_t i) {
-        const Tree *t = b->tree;
-        size_t len = 0;
-
-        for (size_t j = i; j != 0; j = j < b->n_dirs ? b->dirs[j].parent : b->vf_dir[j - b->n_dirs])
-                len += strlen(t->nodes[j].name) + 1;
-        char *path = malloc(len ?: 1);
-        if (!path)
-                return NULL;
-        size_t end = len > 0 ? len - 1 : 0;
-        path[end] = '\0';
-        for (size_t j = i; j != 0; j = j < b->n_dirs ? b->dirs[j].parent : b->vf_dir[j - b->n_dirs]) {
-                size_t l = strlen(t->nodes[j].name);
-
-                end -= l;
-                memcpy(path + end, t->nodes[j].name, l);
-                if (end > 0)
-                        path[--end] = '/';
-        }
-        return path;
+        return node_path_up(b->tree, b->tree->nodes + i, build_parent, b);
 }
 
 static int node_id_cb(const char *path, int64_t id, void *userdata) {
