@@ -32,6 +32,7 @@
         X(CACHE_INDEX,     "cache-index")               \
         X(CACHE_INDEX_COMMIT, "cache-index-commit")     \
         X(CACHE_EVICT,     "cache-evict")               \
+        X(CACHE_TOUCH,     "cache-touch")               \
         X(CACHE_CHUNK_READ, "cache-chunk-read")
 
 typedef enum FailpointId {

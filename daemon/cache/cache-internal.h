@@ -61,6 +61,9 @@ struct Cache {
         ChunkId *touched;
         uint64_t *touched_at;           /* each access's own time: a batch must keep the LRU order */
         size_t n_touched, n_touched_alloc;
+        /* Held from taking the buffered touches to their commit: an eviction that flushes first must
+         * not read the LRU order while another thread's taken touches are still on their way. */
+        pthread_mutex_t touch_flush_lock;
         bool maintenance_requested;
         bool stopping;
         pthread_t maintenance;

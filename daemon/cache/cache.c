@@ -202,6 +202,7 @@ static void flush_touches(Cache *c) {
         ChunkId *ids;
         size_t n;
 
+        pthread_mutex_lock(&c->touch_flush_lock);
         pthread_mutex_lock(&c->lock);
         ids = TAKE_PTR(c->touched);
         times = TAKE_PTR(c->touched_at);
@@ -211,12 +212,15 @@ static void flush_touches(Cache *c) {
 
         ChunkIndex *x = cache_index(c);
         if (n > 0 && x) {
-                int r = chunk_index_touch(x, ids, times, n);
+                int r = FAILPOINT(CACHE_TOUCH);
+                if (r >= 0)
+                        r = chunk_index_touch(x, ids, times, n);
                 if (r < 0) {
                         log_debug_errno(r, "Failed to record %zu access times, dropping them: %m", n);
                         cache_disk_failed(c, r);
                 }
         }
+        pthread_mutex_unlock(&c->touch_flush_lock);
         free(ids);
 }
 
@@ -1077,6 +1081,7 @@ static void cache_free(Cache *c) {
         pthread_cond_destroy(&c->wake);
         pthread_mutex_destroy(&c->lock);
         pthread_mutex_destroy(&c->evict_lock);
+        pthread_mutex_destroy(&c->touch_flush_lock);
         pthread_mutex_destroy(&c->index_lock);
         free(c->dir);
         free(c);
@@ -1130,6 +1135,7 @@ int cache_open(const CacheOptions *opts, OriginSet *origins, cache_state_fn stat
         atomic_init(&c->passthrough_manual, opts->passthrough);
         pthread_mutex_init(&c->lock, NULL);
         pthread_mutex_init(&c->evict_lock, NULL);
+        pthread_mutex_init(&c->touch_flush_lock, NULL);
         pthread_mutex_init(&c->index_lock, NULL);
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);

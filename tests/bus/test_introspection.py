@@ -38,7 +38,7 @@ TRACK_TAGS = {'title': 'Probe', 'artist': 'Bus Band', 'album': 'Introspection', 
 TRACK_PATH = genlib.render(TRACK_TAGS, 'probe', 'flac')
 KNOWN_FAILPOINTS = {'catalog-open', 'catalog-commit', 'scan-file', 'scan-batch', 'tree-publish', 'origin-open',
                     'origin-read', 'origin-stat', 'fuse-read', 'fuse-lookup', 'fuse-readdir', 'shutdown-drain',
-                    'cache-write', 'cache-rename', 'cache-index', 'cache-index-commit', 'cache-evict', 'cache-chunk-read'}
+                    'cache-write', 'cache-rename', 'cache-index', 'cache-index-commit', 'cache-evict', 'cache-touch', 'cache-chunk-read'}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ ACTION_RELOAD = 'org.musicfs.manager.reload'
 
 DEFAULT_FAILPOINTS = ['catalog-open', 'catalog-commit', 'scan-file', 'scan-batch', 'tree-publish',
                       'origin-open', 'origin-read', 'origin-stat', 'fuse-read', 'fuse-lookup',
-                      'fuse-readdir', 'shutdown-drain', 'cache-write', 'cache-rename', 'cache-index', 'cache-index-commit', 'cache-evict', 'cache-chunk-read']
+                      'fuse-readdir', 'shutdown-drain', 'cache-write', 'cache-rename', 'cache-index', 'cache-index-commit', 'cache-evict', 'cache-touch', 'cache-chunk-read']
 
 DEFAULT_ORIGINS = [
     {'Name': 'music', 'Url': '/srv/music', 'Priority': 10, 'TrackCount': 3},

@@ -87,6 +87,7 @@ static int rm_rf(const char *path) {
 
 static int teardown(void **state) {
         Fixture *f = *state;
+        failpoint_disarm_all();        /* a failed test may leave one armed */
         cache_close(f->cache);
         /* Lazily: a failed test may leave something open on it, and the mount must go whatever. */
         if (f->mountpoint[0] && umount2(f->mountpoint, MNT_DETACH) < 0)
@@ -330,6 +331,57 @@ static void test_budget_lru(void **state) {
         assert_int_equal(cache_get_stats(f->cache, &s), 0);
         assert_int_equal(s.evictions, first_kept - 10);
         assert_int_equal(s.evicted_bytes, (uint64_t) (first_kept - 10) * CHUNK);
+}
+
+static uint32_t failpoint_fired(const char *name) {
+        FailpointInfo *infos = NULL;
+        size_t n = 0;
+        uint32_t fired = 0;
+
+        assert_int_equal(failpoint_list(&infos, &n), 0);
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(infos[i].name, name) == 0)
+                        fired = infos[i].fired;
+        failpoint_info_free(infos, n);
+        return fired;
+}
+
+/* The maintenance thread takes the buffered access times and is held (cache-touch) before it
+ * commits them; a writer past 1.02x evicts meanwhile. Its eviction must wait for that commit: read
+ * before it, the LRU order still has the ten re-read chunks as the oldest, and they would go. */
+static void test_touch_flush_before_eviction(void **state) {
+        Fixture *f = *state;
+        const uint64_t budget = 1 << 20;   /* 64 chunks of 16 KiB */
+        ChunkRef old[64];
+        uint64_t base = now_usec() - 3600ull * 1000000u;
+        char *why = NULL;
+
+#if !MUSICFS_FAILPOINTS
+        print_message("skipped: failpoints compiled out\n");
+        skip();
+#endif
+        open_cache(f, budget, 60);
+        for (unsigned i = 0; i < 64; i++)
+                old[i] = store_chunk(f->cache, i, CHUNK, base + i * 1000000ull);
+        assert_int_equal(atomic_load(&f->cache->evictions), 0);
+        assert_int_equal(failpoint_arm("cache-touch", "1*sleep(1000)", &why), 0);
+        free(why);
+        for (unsigned i = 0; i < 10; i++)
+                cache_note_access(f->cache, &old[i].id);
+
+        /* Past the budget but not 1.02x: only the maintenance thread is woken, and it flushes. */
+        store_chunk(f->cache, 1000, CHUNK, now_usec());
+        for (unsigned i = 0; i < 5000 && failpoint_fired("cache-touch") == 0; i++)
+                usleep(1000);
+        assert_int_equal(failpoint_fired("cache-touch"), 1);
+
+        /* Past 1.02x: this thread evicts to 95 % itself, while the touches are held. */
+        store_chunk(f->cache, 1001, CHUNK, now_usec());
+        assert_true(atomic_load(&f->cache->evictions) > 0);
+        for (unsigned i = 0; i < 10; i++)
+                assert_true(is_stored(f->cache, &old[i]));
+        assert_false(is_stored(f->cache, &old[10]));
+        assert_int_equal(failpoint_disarm("cache-touch"), 0);
 }
 
 static void pin_chunks(Cache *c, const char *path, const char *key, const ChunkRef *refs, size_t n) {
@@ -1108,6 +1160,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_open_close_reopen, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_budget_lru, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_touch_flush_before_eviction, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_pinned_never_evicted, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_access_times_survive, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unclean_garbage_index, setup, teardown),
