@@ -46,6 +46,7 @@
 /* How far ahead of a reader of a cached file its chunk files are prefetched: a chunk file is small,
  * so the kernel's own read-ahead never crosses into the next one. */
 #define PREFETCH_AHEAD (4u * 1024u * 1024u)
+#define PREFETCH_FIRST (256u * 1024u)                   /* after the first sequential request; doubles per request */
 #define PREFETCH_MAX_CHUNKS 64u
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(ReplicaReader *, replica_reader_close);
@@ -124,6 +125,7 @@ struct CacheReader {
         /* Sequential reading and album read-ahead. */
         uint64_t n_reads, last_end, seq_end;
         uint64_t prefetched_end;        /* chunk files up to here were handed to the kernel's read-ahead */
+        uint64_t prefetch_window;       /* how far past a request that is advised now (grows while sequential) */
         bool ra_started;
         FillJob **ra_jobs;
         size_t n_ra;
@@ -1245,27 +1247,47 @@ static void reader_drop_version(CacheReader *r, uint64_t gen) {
                 disk_error(c, k, "dropping a version", r->spec.path);
 }
 
-/* The chunks of the recorded version between what was prefetched and PREFETCH_AHEAD past the
- * request [offset, end), into ids (PREFETCH_MAX_CHUNKS at most). A reader that starts or jumps
- * elsewhere starts a new window at the request itself: its own chunk files are then opened and
- * advised together, so their reads go to the disk at once rather than one after another (a small
- * file's first request spans 2-3 chunks). Under r->lock. */
+/* The chunks of the recorded version between what was prefetched and the window past the request
+ * [offset, end), into ids (PREFETCH_MAX_CHUNKS at most). The window grows as the kernel's own
+ * read-ahead does: a reader that starts or jumps gets nothing past its request (a tagger or a file
+ * manager reads a few KiB and closes; advising the rest of the file would put reads nobody wants in
+ * front of the next file's), then PREFETCH_FIRST, doubling with each sequential request up to
+ * PREFETCH_AHEAD. A start or jump whose request spans several chunk files has them opened and
+ * advised together, so their reads go to the disk at once rather than one after another; a single
+ * one is just read. Under r->lock. */
 static size_t reader_prefetch_pick_locked(CacheReader *r, uint64_t offset, uint64_t end, ChunkId *ids) {
         uint64_t from = r->prefetched_end;
         size_t n = 0;
 
-        if (from < offset || from > end + PREFETCH_AHEAD)
+        if (r->n_chunks == 0)
+                return 0;
+        /* The kernel's read-ahead sends a few reads at once and they arrive out of order: a request
+         * a little past what was prefetched is still sequential. */
+        bool jump = r->n_reads == 0 || from > end + PREFETCH_AHEAD || offset > from + SEQ_WINDOW;
+        if (jump) {
                 from = offset;
-        if (from >= end + PREFETCH_AHEAD / 2 || r->n_chunks == 0)
+                r->prefetch_window = 0;
+        } else {
+                if (from < offset)
+                        from = offset;
+                r->prefetch_window = r->prefetch_window == 0 ? PREFETCH_FIRST : 2 * r->prefetch_window;
+                if (r->prefetch_window > PREFETCH_AHEAD)
+                        r->prefetch_window = PREFETCH_AHEAD;
+        }
+        uint64_t window = r->prefetch_window;
+        if (from >= end + window / 2)
                 return 0;       /* far enough ahead still: advise in strides, not per read */
-        for (size_t i = chunk_find(r->offsets, r->n_chunks, from); i < r->n_chunks && n < PREFETCH_MAX_CHUNKS; i++) {
-                if (r->offsets[i] >= end + PREFETCH_AHEAD)
+        size_t i = chunk_find(r->offsets, r->n_chunks, from);
+        if (r->offsets[i] + r->chunks[i].size <= from)
+                i++;            /* the end of the file: the last chunk is behind from, not at it */
+        for (; i < r->n_chunks && n < PREFETCH_MAX_CHUNKS; i++) {
+                if (r->offsets[i] >= end + window)
                         break;
                 ids[n++] = r->chunks[i].id;
                 from = r->offsets[i] + r->chunks[i].size;
         }
         r->prefetched_end = from;
-        return n;
+        return jump && n == 1 ? 0 : n;
 }
 
 /* Serves the request from the cache when it can: 0 (all of it), -EAGAIN when the cache does not

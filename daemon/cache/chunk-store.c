@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@
 struct ChunkStore {
         char *dir;
         int dir_fd;
+        atomic_uint_fast64_t advised;   /* chunk files handed to the kernel's read-ahead, ever */
 };
 
 typedef enum EntryState {
@@ -572,7 +574,12 @@ size_t chunk_store_prefetch(ChunkStore *s, const ChunkId *ids, size_t n) {
                 for (size_t i = 0; i < m; i++)
                         safe_close(fds[i]);
         }
+        atomic_fetch_add(&s->advised, advised);
         return advised;
+}
+
+uint64_t chunk_store_advised(ChunkStore *s) {
+        return s ? atomic_load(&s->advised) : 0;
 }
 
 int chunk_store_remove(ChunkStore *s, const ChunkId *id) {

@@ -48,6 +48,7 @@ int chunk_store_remove(ChunkStore *s, const ChunkId *id);      /* -ENOENT when a
  * reader of a cached file does not wait for each small file in turn. Best effort: files that are
  * absent or cannot be opened are skipped. Returns how many were advised. */
 size_t chunk_store_prefetch(ChunkStore *s, const ChunkId *ids, size_t n);
+uint64_t chunk_store_advised(ChunkStore *s);    /* chunk files advised by chunk_store_prefetch, in all */
 
 /* Every chunk file (names that are not chunk ids, and temporaries, are skipped and counted in
  * *ret_foreign if not NULL). fn returning <0 stops the walk with that value. */

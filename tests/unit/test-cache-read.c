@@ -633,6 +633,54 @@ static void read_sequentially(Fixture *f, CacheReader *r, size_t i, unsigned ten
                 assert_read(r, f->content[i], files[i].size, off, 128 * KiB);
 }
 
+/* Chunk files of a cached file advised ahead of its reader: nothing past a first request (a tagger
+ * reads 4 KiB and closes), then a window that grows with each sequential request; every chunk ahead
+ * of the first advised exactly once by the end; a reader that starts with a request over several
+ * chunks has them advised together. */
+static uint64_t advised(Fixture *f) {
+        return chunk_store_advised(f->cache->store);
+}
+
+static void test_prefetch_window(void **state) {
+        Fixture *f = *state;
+        _cleanup_(cache_reader_closep) CacheReader *r = NULL;
+        _cleanup_free_ ChunkRef *chunks = NULL;
+
+        fill(f, F_BIG);
+        size_t n = version_chunks(f, F_BIG, &chunks);
+        assert_true(n > 20);
+
+        assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
+        uint64_t a0 = advised(f);
+        assert_read(r, f->content[F_BIG], BIG_SIZE, 0, 4096);
+        assert_int_equal(advised(f), a0);
+
+        /* The second, sequential request: a window of 256 KiB past it, so at most its chunks. */
+        assert_read(r, f->content[F_BIG], BIG_SIZE, 4096, 4096);
+        uint64_t a1 = advised(f) - a0;
+        size_t in_window = 0;
+        while (in_window < n && offset_of(chunks, in_window) < 8192 + 256 * KiB)
+                in_window++;
+        assert_true(a1 >= 1);
+        assert_true(a1 <= in_window - 1);
+
+        for (uint64_t off = 8192; off < BIG_SIZE; off += 128 * KiB)
+                assert_read(r, f->content[F_BIG], BIG_SIZE, off, 128 * KiB);
+        assert_int_equal(advised(f) - a0, n - 1);
+        cache_reader_close(TAKE_PTR(r));
+
+        /* A first request over several chunks: those, together, and nothing past them. */
+        size_t k = n / 2;
+        uint64_t from = offset_of(chunks, k) + 1, to = offset_of(chunks, k + 3) - 1;
+        assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
+        a0 = advised(f);
+        assert_read(r, f->content[F_BIG], BIG_SIZE, from, (size_t) (to - from));
+        assert_int_equal(advised(f) - a0, 3);
+        /* A jump far away starts again with nothing past the request. */
+        assert_read(r, f->content[F_BIG], BIG_SIZE, offset_of(chunks, 1), 4096);
+        assert_int_equal(advised(f) - a0, 3);
+}
+
 static void test_readahead(void **state) {
         Fixture *f = *state;
         _cleanup_(cache_reader_closep) CacheReader *r = NULL;
@@ -770,6 +818,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_truncated_chunk, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_origin_changed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_readers, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prefetch_window, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_readahead, setup_readahead, teardown),
                 cmocka_unit_test_setup_teardown(test_readahead_offline, setup_readahead, teardown),
                 cmocka_unit_test_setup_teardown(test_passthrough, setup, teardown),
