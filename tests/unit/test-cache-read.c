@@ -681,6 +681,54 @@ static void test_prefetch_window(void **state) {
         assert_int_equal(advised(f) - a0, 3);
 }
 
+/* A recorded version whose chunks are gone (ClearCache, an eviction): each request is served with one
+ * origin read, not one per chunk. The origin answers one read and then fails, so a second one for the
+ * same request would turn it into EIO; the refill queued behind the read is the only other reader.
+ * (A local origin's worker reads at most 1 MiB at a time: the spans here stay below that.) */
+static void read_with_one_origin_read(Fixture *f, uint64_t offset, size_t size) {
+        _cleanup_(cache_reader_closep) CacheReader *r = NULL;
+        char *why = NULL;
+
+        wait_fills_idle(f->cache);
+        assert_int_equal(failpoint_arm("origin-read", "1*off->return(EIO)", &why), 0);
+        free(why);
+        assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
+        assert_read(r, f->content[F_BIG], BIG_SIZE, offset, size);
+        cache_reader_close(TAKE_PTR(r));
+        wait_fills_idle(f->cache);
+        assert_int_equal(failpoint_disarm("origin-read"), 0);
+}
+
+static void test_evicted_one_origin_read(void **state) {
+#if MUSICFS_FAILPOINTS
+        Fixture *f = *state;
+        _cleanup_(cache_reader_closep) CacheReader *r = NULL;
+        _cleanup_free_ ChunkRef *chunks = NULL;
+        CacheStats st;
+
+        fill(f, F_BIG);
+        size_t n = version_chunks(f, F_BIG, &chunks);
+        assert_int_equal(cache_clear(f->cache), 0);
+        assert_int_equal(cache_get_stats(f->cache, &st), 0);
+        assert_int_equal(st.bytes, 0);
+        assert_int_equal(version_chunks(f, F_BIG, &chunks), n);   /* the version is kept */
+
+        read_with_one_origin_read(f, 0, 512 * KiB);
+        read_with_one_origin_read(f, 2 * MiB + 1000, 300 * KiB);
+        read_with_one_origin_read(f, BIG_SIZE - 100 * KiB, 128 * KiB);
+        assert_false(version_complete(f->cache, f->node[F_BIG]));
+
+        /* The origin back to normal: a reader gets every byte and its refill stores the file again. */
+        assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
+        assert_read_all(r, f->content[F_BIG], BIG_SIZE);
+        wait_complete(f->cache, f->node[F_BIG]);
+        assert_read_all(r, f->content[F_BIG], BIG_SIZE);
+#else
+        print_message("skipped: failpoints compiled out\n");
+        skip();
+#endif
+}
+
 static void test_readahead(void **state) {
         Fixture *f = *state;
         _cleanup_(cache_reader_closep) CacheReader *r = NULL;
@@ -819,6 +867,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_origin_changed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_readers, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_prefetch_window, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_evicted_one_origin_read, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_readahead, setup_readahead, teardown),
                 cmocka_unit_test_setup_teardown(test_readahead_offline, setup_readahead, teardown),
                 cmocka_unit_test_setup_teardown(test_passthrough, setup, teardown),
