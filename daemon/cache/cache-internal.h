@@ -34,6 +34,16 @@ typedef enum CacheFillKind {
 
 typedef struct CacheFills CacheFills;   /* cache-read.c */
 
+/* Access times are buffered and flushed to the index in batches by the maintenance thread. */
+#define TOUCH_FLUSH_AT 4096             /* buffered touches that make a flush due */
+#define TOUCH_FORCE_AT 32768            /* ... and that flush at once, reads or not */
+#define TOUCH_MAX 65536                 /* beyond this, touches are dropped until the next flush */
+/* A due flush waits for a pause in reads this long: its commit syncs the index, and readers of
+ * small files on the same disk waited behind it (open + 4 KiB p99 2-3x that of passthrough_ll while
+ * a flush ran). At most TOUCH_QUIET_MAX_USEC, then it goes anyway. */
+#define TOUCH_QUIET_USEC (50u * 1000u)
+#define TOUCH_QUIET_MAX_USEC (10u * 1000u * 1000u)
+
 struct Cache {
         CacheOptions opts;              /* dir strdup'ed */
         char *dir;
@@ -61,6 +71,8 @@ struct Cache {
         ChunkId *touched;
         uint64_t *touched_at;           /* each access's own time: a batch must keep the LRU order */
         size_t n_touched, n_touched_alloc;
+        uint64_t touch_last_mono;       /* CLOCK_MONOTONIC µs of the last touch */
+        uint64_t touch_due_mono;        /* when TOUCH_FLUSH_AT was reached; 0: no flush due */
         /* Held from taking the buffered touches to their commit: an eviction that flushes first must
          * not read the LRU order while another thread's taken touches are still on their way. */
         pthread_mutex_t touch_flush_lock;

@@ -33,12 +33,16 @@
 #define SPOT_CHECK_CHUNKS 100
 #define EVICT_BATCH 256
 #define ADOPT_BATCH 1024
-#define TOUCH_FLUSH_AT 4096             /* buffered touches that wake the maintenance thread */
-#define TOUCH_MAX 65536                 /* beyond this, touches are dropped until the next flush */
 #define WATERMARK_HYSTERESIS 5          /* percent below evict_percent that a watermark eviction aims at */
 #define FORCED_EVICT_MIN (4u * 1024u * 1024u)   /* at least this much goes after an ENOSPC */
 #define HEALTH_INTERVAL_SEC 5           /* while passthrough has a disk reason */
 #define CHUNK_FILE_MAX (64u * 1024u * 1024u)    /* larger "chunk" files are bad without reading them */
+
+static uint64_t mono_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
 
 static const char *const reason_table[_CACHE_PASSTHROUGH_REASON_MAX] = {
         [CACHE_PASSTHROUGH_NONE] = "none",
@@ -190,7 +194,10 @@ void cache_note_access(Cache *c, const ChunkId *id) {
         }
         c->touched[c->n_touched] = *id;
         c->touched_at[c->n_touched++] = now_usec();
-        wake = c->n_touched == TOUCH_FLUSH_AT;
+        c->touch_last_mono = mono_usec();
+        if (c->n_touched == TOUCH_FLUSH_AT)
+                c->touch_due_mono = c->touch_last_mono;
+        wake = c->n_touched == TOUCH_FLUSH_AT || c->n_touched == TOUCH_FORCE_AT;
 finish:
         pthread_mutex_unlock(&c->lock);
         if (wake)
@@ -208,6 +215,7 @@ static void flush_touches(Cache *c) {
         times = TAKE_PTR(c->touched_at);
         n = c->n_touched;
         c->n_touched = c->n_touched_alloc = 0;
+        c->touch_due_mono = 0;
         pthread_mutex_unlock(&c->lock);
 
         ChunkIndex *x = cache_index(c);
@@ -1010,19 +1018,25 @@ static void index_check(Cache *c) {
                 log_info("Chunk index %s checked after its reopen: good", path);
 }
 
-static void maintenance_pass(Cache *c, bool timed) {
+/* When the buffered touches are to be flushed: never while none is due; else at the first pause in
+ * reads, or at once past TOUCH_FORCE_AT, or TOUCH_QUIET_MAX_USEC after it fell due. Under c->lock. */
+static uint64_t touch_flush_time_locked(Cache *c) {
+        if (c->touch_due_mono == 0)
+                return UINT64_MAX;
+        if (c->n_touched >= TOUCH_FORCE_AT)
+                return 0;
+        uint64_t quiet = c->touch_last_mono + TOUCH_QUIET_USEC, latest = c->touch_due_mono + TOUCH_QUIET_MAX_USEC;
+        return quiet < latest ? quiet : latest;
+}
+
+static void maintenance_pass(Cache *c, bool timed, bool flush) {
         index_check(c);
-        flush_touches(c);
+        if (flush)
+                flush_touches(c);
         disk_check(c);
         budget_check(c);
         watermark_check(c);
         health_check(c, timed);
-}
-
-static uint64_t mono_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
 /* Timed passes come every interval (every 5 s while a disk reason is set) whatever the wakes in
@@ -1041,22 +1055,29 @@ static void *maintenance_thread(void *userdata) {
                     next > now + HEALTH_INTERVAL_SEC * 1000000ull)
                         next = now + HEALTH_INTERVAL_SEC * 1000000ull;
 
+                uint64_t until = touch_flush_time_locked(c);
+                if (until > next)
+                        until = next;
                 struct timespec deadline = {
-                        .tv_sec = (time_t) (next / 1000000u),
-                        .tv_nsec = (long) (next % 1000000u) * 1000,
+                        .tv_sec = (time_t) (until / 1000000u),
+                        .tv_nsec = (long) (until % 1000000u) * 1000,
                 };
                 while (!c->stopping && !c->maintenance_requested)
                         if (pthread_cond_timedwait(&c->wake, &c->lock, &deadline) == ETIMEDOUT)
                                 break;
                 if (c->stopping)
                         break;
+                bool requested = c->maintenance_requested;
                 c->maintenance_requested = false;
                 now = mono_usec();
                 bool timed = now >= next;
                 if (timed)
                         next = now + (uint64_t) c->opts.maintenance_interval_sec * 1000000u;
+                bool flush = timed || now >= touch_flush_time_locked(c);
+                if (!requested && !timed && !flush)
+                        continue;       /* a due flush still waiting for reads to pause */
                 pthread_mutex_unlock(&c->lock);
-                maintenance_pass(c, timed);
+                maintenance_pass(c, timed, flush);
                 pthread_mutex_lock(&c->lock);
         }
         pthread_mutex_unlock(&c->lock);

@@ -384,6 +384,51 @@ static void test_touch_flush_before_eviction(void **state) {
         assert_int_equal(failpoint_disarm("cache-touch"), 0);
 }
 
+static uint64_t last_access(Cache *c, const ChunkRef *ref) {
+        ChunkInfo info;
+        assert_int_equal(chunk_index_chunk_get(c->index, &ref->id, &info), 0);
+        return info.last_access_usec;
+}
+
+static uint64_t mono_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+/* TOUCH_FLUSH_AT touches make a flush due; it waits while reads go on (its commit syncs the index
+ * the readers' disk), and follows the first pause of TOUCH_QUIET_USEC. */
+static void test_touch_flush_waits_for_pause(void **state) {
+        Fixture *f = *state;
+        uint64_t old = now_usec() - 3600ull * 1000000u;
+
+        open_cache(f, 0, 60);
+        ChunkRef a = store_chunk(f->cache, 1, CHUNK, old);
+        for (unsigned i = 0; i < TOUCH_FLUSH_AT; i++)
+                cache_note_access(f->cache, &a.id);
+
+        uint64_t start = mono_usec(), prev = start, max_gap = 0;
+        while (prev - start < 300 * 1000) {
+                usleep(2000);
+                cache_note_access(f->cache, &a.id);
+                uint64_t now = mono_usec();
+                max_gap = now - prev > max_gap ? now - prev : max_gap;
+                prev = now;
+        }
+        if (max_gap < TOUCH_QUIET_USEC)
+                assert_int_equal(last_access(f->cache, &a), old);
+        else    /* this machine stalled the loop for a pause's length: a flush was allowed */
+                print_message("inconclusive: %" PRIu64 " µs between two touches\n", max_gap);
+
+        uint64_t deadline = mono_usec() + 5 * 1000000u;
+        while (last_access(f->cache, &a) == old) {
+                assert_true(mono_usec() < deadline);
+                usleep(5000);
+        }
+        assert_true(mono_usec() - prev >= TOUCH_QUIET_USEC);
+        assert_true(last_access(f->cache, &a) > old);
+}
+
 static void pin_chunks(Cache *c, const char *path, const char *key, const ChunkRef *refs, size_t n) {
         uint64_t size = 0;
         for (size_t i = 0; i < n; i++)
@@ -1161,6 +1206,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_open_close_reopen, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_budget_lru, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_touch_flush_before_eviction, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_touch_flush_waits_for_pause, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_pinned_never_evicted, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_access_times_survive, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unclean_garbage_index, setup, teardown),
