@@ -48,6 +48,9 @@
 #define PREFETCH_AHEAD (4u * 1024u * 1024u)
 #define PREFETCH_FIRST (256u * 1024u)                   /* after the first sequential request; doubles per request */
 #define PREFETCH_MAX_CHUNKS 64u
+/* Open chunk files a reader keeps from its prefetch to its read: a window of PREFETCH_AHEAD holds
+ * 64 chunks of the average size and more of smaller ones; a file pushed out is opened again. */
+#define READER_PREFETCH_FDS 128u
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(ReplicaReader *, replica_reader_close);
 
@@ -92,7 +95,16 @@ struct CacheFills {
          * them finished (monotonic): what fills yield to. */
         atomic_uint origin_readers;
         atomic_uint_fast64_t origin_read_end_usec;
+        /* Chunk files readers hold open between their prefetch and their read, and the most they may
+         * (a quarter of RLIMIT_NOFILE: origins, FUSE and the index need the rest). */
+        atomic_uint prefetch_fds;
+        unsigned prefetch_fds_max;
 };
+
+typedef struct PrefetchedFd {
+        ChunkId id;
+        int fd;
+} PrefetchedFd;
 
 typedef struct ChunkSlot {
         ChunkId id;
@@ -133,6 +145,10 @@ struct CacheReader {
         pthread_mutex_t slot_lock;
         ChunkSlot slots[READER_SLOTS];
         uint64_t slot_clock;
+        /* Under slot_lock: chunk files the prefetch opened, oldest first, for the read to use rather
+         * than open each a second time (a syscall costs dearly in a VM: 7 per chunk were 4). */
+        PrefetchedFd fds[READER_PREFETCH_FDS];
+        size_t n_fds;
 };
 
 static uint64_t now_usec(void) {
@@ -922,6 +938,11 @@ int cache_fills_new(Cache *c, unsigned threads, CacheFills **ret) {
         if (!f)
                 return -ENOMEM;
         f->cache = c;
+        struct rlimit nofile;
+        if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+                rlim_t quarter = nofile.rlim_cur == RLIM_INFINITY ? 65536u : nofile.rlim_cur / 4u;
+                f->prefetch_fds_max = (unsigned) (quarter < 65536u ? quarter : 65536u);
+        }
         pthread_mutex_init(&f->lock, NULL);
         /* Monotonic: fill_yield_to_readers() waits with deadlines, and a clock step must not stretch them. */
         pthread_condattr_t attr;
@@ -1028,6 +1049,74 @@ finish:
         pthread_mutex_unlock(&r->slot_lock);
 }
 
+/* Prefetches ids, keeping the open files for the reads when the budget of open files allows. */
+static void reader_prefetch(CacheReader *r, ChunkStore *store, const ChunkId *ids, size_t n) {
+        CacheFills *f = r->cache->fills;
+        int fds[PREFETCH_MAX_CHUNKS];
+
+        if (n > PREFETCH_MAX_CHUNKS)
+                n = PREFETCH_MAX_CHUNKS;
+        if (!f || atomic_fetch_add(&f->prefetch_fds, (unsigned) n) + n > f->prefetch_fds_max) {
+                if (f)
+                        atomic_fetch_sub(&f->prefetch_fds, (unsigned) n);
+                (void) chunk_store_prefetch(store, ids, n);
+                return;
+        }
+
+        (void) chunk_store_prefetch_fds(store, ids, n, fds);
+        unsigned unused = 0;
+        pthread_mutex_lock(&r->slot_lock);
+        for (size_t i = 0; i < n; i++) {
+                if (fds[i] < 0) {
+                        unused++;
+                        continue;
+                }
+                if (r->n_fds == ELEMENTSOF(r->fds)) {
+                        /* Full: the oldest was not read (a jump, another thread's request). */
+                        safe_close(r->fds[0].fd);
+                        unused++;
+                        memmove(r->fds, r->fds + 1, (r->n_fds - 1) * sizeof *r->fds);
+                        r->n_fds--;
+                }
+                r->fds[r->n_fds++] = (PrefetchedFd) { .id = ids[i], .fd = fds[i] };
+        }
+        pthread_mutex_unlock(&r->slot_lock);
+        atomic_fetch_sub(&f->prefetch_fds, unused);
+}
+
+/* The prefetched open file of id, now the caller's to close (reader_fd_done()); -1 when there is none. */
+static int reader_take_fd(CacheReader *r, const ChunkId *id) {
+        int fd = -1;
+
+        pthread_mutex_lock(&r->slot_lock);
+        for (size_t i = 0; i < r->n_fds; i++)
+                if (memcmp(&r->fds[i].id, id, sizeof *id) == 0) {
+                        fd = r->fds[i].fd;
+                        memmove(r->fds + i, r->fds + i + 1, (r->n_fds - i - 1) * sizeof *r->fds);
+                        r->n_fds--;
+                        break;
+                }
+        pthread_mutex_unlock(&r->slot_lock);
+        return fd;
+}
+
+static void reader_fd_done(CacheReader *r, int fd) {
+        safe_close(fd);
+        atomic_fetch_sub(&r->cache->fills->prefetch_fds, 1);
+}
+
+/* Closes the prefetched files: a jump (they are behind the reader now) or the end. */
+static void reader_drop_fds(CacheReader *r) {
+        pthread_mutex_lock(&r->slot_lock);
+        size_t n = r->n_fds;
+        for (size_t i = 0; i < n; i++)
+                safe_close(r->fds[i].fd);
+        r->n_fds = 0;
+        pthread_mutex_unlock(&r->slot_lock);
+        if (n > 0)
+                atomic_fetch_sub(&r->cache->fills->prefetch_fds, (unsigned) n);
+}
+
 static ReplicaReader *reader_replica(CacheReader *r, int *ret_error) {
         ReplicaReader *rr;
 
@@ -1114,9 +1203,12 @@ static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk
 
         ChunkStore *store = read_store(c);
         ChunkIndex *index = read_index(c);
+        int fd = store ? reader_take_fd(r, &ref->id) : -1;
         ssize_t n = !store ? -ENOENT
-                           : in_place ? chunk_store_read(store, &ref->id, dst, ref->size)
-                                      : chunk_store_read(store, &ref->id, data, CDC_MAX_SIZE);
+                  : fd >= 0 ? chunk_store_read_fd(store, &ref->id, fd, in_place ? dst : data, in_place ? ref->size : CDC_MAX_SIZE)
+                            : chunk_store_read(store, &ref->id, in_place ? dst : data, in_place ? ref->size : CDC_MAX_SIZE);
+        if (fd >= 0)
+                reader_fd_done(r, fd);
         if (n >= 0 && (size_t) n == ref->size) {
                 cache_note_access(c, &ref->id);
                 if (in_place)
@@ -1319,15 +1411,17 @@ static void reader_drop_version(CacheReader *r, uint64_t gen) {
  * PREFETCH_AHEAD. A start or jump whose request spans several chunk files has them opened and
  * advised together, so their reads go to the disk at once rather than one after another; a single
  * one is just read. Under r->lock. */
-static size_t reader_prefetch_pick_locked(CacheReader *r, uint64_t offset, uint64_t end, ChunkId *ids) {
+static size_t reader_prefetch_pick_locked(CacheReader *r, uint64_t offset, uint64_t end, ChunkId *ids, bool *ret_jump) {
         uint64_t from = r->prefetched_end;
         size_t n = 0;
 
+        *ret_jump = false;
         if (r->n_chunks == 0)
                 return 0;
         /* The kernel's read-ahead sends a few reads at once and they arrive out of order: a request
          * a little past what was prefetched is still sequential. */
         bool jump = r->n_reads == 0 || from > end + PREFETCH_AHEAD || offset > from + SEQ_WINDOW;
+        *ret_jump = jump;
         if (jump) {
                 from = offset;
                 r->prefetch_window = 0;
@@ -1365,6 +1459,7 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
         bool from_version = false;
         ChunkId prefetch[PREFETCH_MAX_CHUNKS];
         size_t n_prefetch = 0;
+        bool jump = false;
         int k = -EAGAIN;
 
         pthread_mutex_lock(&r->lock);
@@ -1387,7 +1482,7 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
                 k = chunk_range_copy(r->chunks, r->offsets, r->n_chunks, offset, size, &range);
                 gen = r->gen;
                 from_version = true;
-                n_prefetch = reader_prefetch_pick_locked(r, offset, offset + size, prefetch);
+                n_prefetch = reader_prefetch_pick_locked(r, offset, offset + size, prefetch, &jump);
         } else if (r->job && f) {
                 pthread_mutex_lock(&f->lock);
                 if (offset + size <= r->job->covered)
@@ -1399,8 +1494,10 @@ static int reader_read_cached(CacheReader *r, uint8_t *buf, size_t size, uint64_
                 return k;
 
         ChunkStore *store = read_store(c);
+        if (jump)
+                reader_drop_fds(r);
         if (store && n_prefetch > 0)
-                (void) chunk_store_prefetch(store, prefetch, n_prefetch);
+                reader_prefetch(r, store, prefetch, n_prefetch);
         k = reader_serve_range(r, &range, buf, size, offset, ret_origin);
         if (k == -ESTALE && from_version)
                 reader_drop_version(r, gen);
@@ -1597,6 +1694,7 @@ void cache_reader_close(CacheReader *r) {
                 fill_job_unref(r->cache->fills, TAKE_PTR(r->job));
         pthread_mutex_unlock(&r->lock);
 
+        reader_drop_fds(r);
         replica_reader_close(r->replica);
         free(r->chunks);
         free(r->offsets);

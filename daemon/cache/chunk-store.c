@@ -42,6 +42,7 @@ struct ChunkStore {
         char *dir;
         int dir_fd;
         atomic_uint_fast64_t advised;   /* chunk files handed to the kernel's read-ahead, ever */
+        atomic_uint_fast64_t opened;    /* chunk files opened to be read or prefetched, ever */
 };
 
 typedef enum EntryState {
@@ -496,21 +497,8 @@ static void drop_bad(ChunkStore *s, const char *path, int fd, const char *why) {
                 log_warning_errno(errno, "Failed to remove damaged chunk %s/%s: %m", s->dir, path);
 }
 
-ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t bufsize) {
-        if (!s || !id || !buf)
-                return -EINVAL;
-
-        int r = FAILPOINT(CACHE_CHUNK_READ);
-        if (r < 0)
-                return r;
-
-        char path[CHUNK_PATH_SIZE];
-        chunk_path(id, path);
-
-        _cleanup_close_ int fd = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return negative_errno();
-
+/* Reads the open chunk file at path whole into buf and verifies it. */
+static ssize_t read_verified(ChunkStore *s, const ChunkId *id, const char *path, int fd, void *buf, size_t bufsize) {
         struct stat st;
         if (fstat(fd, &st) < 0)
                 return negative_errno();
@@ -534,6 +522,37 @@ ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t buf
         return n;
 }
 
+ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t bufsize) {
+        if (!s || !id || !buf)
+                return -EINVAL;
+
+        int r = FAILPOINT(CACHE_CHUNK_READ);
+        if (r < 0)
+                return r;
+
+        char path[CHUNK_PATH_SIZE];
+        chunk_path(id, path);
+
+        _cleanup_close_ int fd = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        atomic_fetch_add(&s->opened, 1);
+        return read_verified(s, id, path, fd, buf, bufsize);
+}
+
+ssize_t chunk_store_read_fd(ChunkStore *s, const ChunkId *id, int fd, void *buf, size_t bufsize) {
+        if (!s || !id || fd < 0 || !buf)
+                return -EINVAL;
+
+        int r = FAILPOINT(CACHE_CHUNK_READ);
+        if (r < 0)
+                return r;
+
+        char path[CHUNK_PATH_SIZE];
+        chunk_path(id, path);
+        return read_verified(s, id, path, fd, buf, bufsize);    /* at offset 0: a prefetch does not move it */
+}
+
 int chunk_store_stat(ChunkStore *s, const ChunkId *id, uint64_t *ret_size) {
         if (!s || !id)
                 return -EINVAL;
@@ -549,7 +568,7 @@ int chunk_store_stat(ChunkStore *s, const ChunkId *id, uint64_t *ret_size) {
         return 0;
 }
 
-size_t chunk_store_prefetch(ChunkStore *s, const ChunkId *ids, size_t n) {
+size_t chunk_store_prefetch_fds(ChunkStore *s, const ChunkId *ids, size_t n, int *ret_fds) {
         int fds[PREFETCH_BATCH];
         size_t advised = 0;
 
@@ -560,26 +579,38 @@ size_t chunk_store_prefetch(ChunkStore *s, const ChunkId *ids, size_t n) {
          * Advising each file as it opens lets the device take them one small request at a time
          * (measured on a cached 1 GiB file: 0.45 -> 0.61 GB/s). */
         for (size_t done = 0; done < n;) {
-                size_t m = 0;
-                for (; done < n && m < PREFETCH_BATCH; done++) {
+                size_t first = done, m = 0;
+                for (; done < n && m < PREFETCH_BATCH; done++, m++) {
                         char path[CHUNK_PATH_SIZE];
                         chunk_path(&ids[done], path);
-                        int fd = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-                        if (fd >= 0)
-                                fds[m++] = fd;
+                        fds[m] = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                        if (fds[m] >= 0)
+                                atomic_fetch_add(&s->opened, 1);
                 }
                 for (size_t i = 0; i < m; i++)
-                        if (posix_fadvise(fds[i], 0, 0, POSIX_FADV_WILLNEED) == 0)
+                        if (fds[i] >= 0 && posix_fadvise(fds[i], 0, 0, POSIX_FADV_WILLNEED) == 0)
                                 advised++;
-                for (size_t i = 0; i < m; i++)
-                        safe_close(fds[i]);
+                for (size_t i = 0; i < m; i++) {
+                        if (ret_fds)
+                                ret_fds[first + i] = fds[i];
+                        else
+                                safe_close(fds[i]);
+                }
         }
         atomic_fetch_add(&s->advised, advised);
         return advised;
 }
 
+size_t chunk_store_prefetch(ChunkStore *s, const ChunkId *ids, size_t n) {
+        return chunk_store_prefetch_fds(s, ids, n, NULL);
+}
+
 uint64_t chunk_store_advised(ChunkStore *s) {
         return s ? atomic_load(&s->advised) : 0;
+}
+
+uint64_t chunk_store_opened(ChunkStore *s) {
+        return s ? atomic_load(&s->opened) : 0;
 }
 
 int chunk_store_remove(ChunkStore *s, const ChunkId *id) {

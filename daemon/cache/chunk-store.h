@@ -41,6 +41,8 @@ void chunk_batch_abort(ChunkBatch *b); /* removes the temporaries, frees; NULL i
  * when there is no such file, -EBADMSG when the bytes do not hash to id (the file is removed then,
  * so the next reader fetches it again), -EIO etc. from the disk. */
 ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t bufsize);
+/* The same on a chunk file chunk_store_prefetch_fds() opened (the fd stays the caller's). */
+ssize_t chunk_store_read_fd(ChunkStore *s, const ChunkId *id, int fd, void *buf, size_t bufsize);
 /* The size of the chunk file, without reading or verifying it; -ENOENT when absent. */
 int chunk_store_stat(ChunkStore *s, const ChunkId *id, uint64_t *ret_size);
 int chunk_store_remove(ChunkStore *s, const ChunkId *id);      /* -ENOENT when absent */
@@ -48,7 +50,11 @@ int chunk_store_remove(ChunkStore *s, const ChunkId *id);      /* -ENOENT when a
  * reader of a cached file does not wait for each small file in turn. Best effort: files that are
  * absent or cannot be opened are skipped. Returns how many were advised. */
 size_t chunk_store_prefetch(ChunkStore *s, const ChunkId *ids, size_t n);
-uint64_t chunk_store_advised(ChunkStore *s);    /* chunk files advised by chunk_store_prefetch, in all */
+/* The same, handing the open files to the caller (ret_fds[i] is -1 where one could not be opened),
+ * so that a reader reads them without opening them again. */
+size_t chunk_store_prefetch_fds(ChunkStore *s, const ChunkId *ids, size_t n, int *ret_fds);
+uint64_t chunk_store_advised(ChunkStore *s);    /* chunk files advised by the prefetches, in all */
+uint64_t chunk_store_opened(ChunkStore *s);     /* chunk files opened by reads and prefetches, in all */
 
 /* Every chunk file (names that are not chunk ids, and temporaries, are skipped and counted in
  * *ret_foreign if not NULL). fn returning <0 stops the walk with that value. */
