@@ -523,6 +523,18 @@ void failpoint_info_free(FailpointInfo *a, size_t n) {
         free(a);
 }
 
+int failpoint_fired(const char *name, uint32_t *ret) {
+        if (!name || !ret)
+                return -EINVAL;
+        int id = failpoint_id_from_name(name);
+        if (id < 0)
+                return id;
+        pthread_mutex_lock(&failpoint_context.lock);
+        *ret = failpoint_context.points[id].fired;
+        pthread_mutex_unlock(&failpoint_context.lock);
+        return 0;
+}
+
 int failpoint_list(FailpointInfo **ret, size_t *ret_n) {
         FailpointInfo *infos;
         int r = 0;

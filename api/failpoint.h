@@ -84,6 +84,8 @@ void failpoint_disarm_all(void);
 /* All known points in FAILPOINT_LIST order; free with failpoint_info_free(). */
 int failpoint_list(FailpointInfo **ret, size_t *ret_n);
 void failpoint_info_free(FailpointInfo *a, size_t n);
+/* How often the named point ran a task other than off since it was armed; -ENOENT when unknown. */
+int failpoint_fired(const char *name, uint32_t *ret);
 /* "name=actions;name=actions" as in MUSICFS_FAILPOINTS. Arms nothing unless everything parses;
  * an unknown name is -EINVAL here, with the reason. */
 int failpoint_arm_from_string(const char *s, char **ret_reason);

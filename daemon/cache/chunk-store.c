@@ -497,8 +497,17 @@ static void drop_bad(ChunkStore *s, const char *path, int fd, const char *why) {
                 log_warning_errno(errno, "Failed to remove damaged chunk %s/%s: %m", s->dir, path);
 }
 
-/* Reads the open chunk file at path whole into buf and verifies it. */
-static ssize_t read_verified(ChunkStore *s, const ChunkId *id, const char *path, int fd, void *buf, size_t bufsize) {
+ssize_t chunk_store_read_fd(ChunkStore *s, const ChunkId *id, int fd, void *buf, size_t bufsize) {
+        if (!s || !id || fd < 0 || !buf)
+                return -EINVAL;
+
+        int r = FAILPOINT(CACHE_CHUNK_READ);
+        if (r < 0)
+                return r;
+
+        char path[CHUNK_PATH_SIZE];
+        chunk_path(id, path);
+
         struct stat st;
         if (fstat(fd, &st) < 0)
                 return negative_errno();
@@ -511,6 +520,7 @@ static ssize_t read_verified(ChunkStore *s, const ChunkId *id, const char *path,
                 return -EBADMSG;
         }
 
+        /* From offset 0, where a prefetch that opened it left it. */
         ssize_t n = read_full(fd, buf, (size_t) st.st_size);
         if (n < 0)
                 return log_debug_errno((int) n, "Failed to read chunk %s/%s: %m", s->dir, path);
@@ -526,10 +536,6 @@ ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t buf
         if (!s || !id || !buf)
                 return -EINVAL;
 
-        int r = FAILPOINT(CACHE_CHUNK_READ);
-        if (r < 0)
-                return r;
-
         char path[CHUNK_PATH_SIZE];
         chunk_path(id, path);
 
@@ -537,20 +543,7 @@ ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t buf
         if (fd < 0)
                 return negative_errno();
         atomic_fetch_add(&s->opened, 1);
-        return read_verified(s, id, path, fd, buf, bufsize);
-}
-
-ssize_t chunk_store_read_fd(ChunkStore *s, const ChunkId *id, int fd, void *buf, size_t bufsize) {
-        if (!s || !id || fd < 0 || !buf)
-                return -EINVAL;
-
-        int r = FAILPOINT(CACHE_CHUNK_READ);
-        if (r < 0)
-                return r;
-
-        char path[CHUNK_PATH_SIZE];
-        chunk_path(id, path);
-        return read_verified(s, id, path, fd, buf, bufsize);    /* at offset 0: a prefetch does not move it */
+        return chunk_store_read_fd(s, id, fd, buf, bufsize);
 }
 
 int chunk_store_stat(ChunkStore *s, const ChunkId *id, uint64_t *ret_size) {

@@ -333,17 +333,10 @@ static void test_budget_lru(void **state) {
         assert_int_equal(s.evicted_bytes, (uint64_t) (first_kept - 10) * CHUNK);
 }
 
-static uint32_t failpoint_fired(const char *name) {
-        FailpointInfo *infos = NULL;
-        size_t n = 0;
-        uint32_t fired = 0;
-
-        assert_int_equal(failpoint_list(&infos, &n), 0);
-        for (size_t i = 0; i < n; i++)
-                if (strcmp(infos[i].name, name) == 0)
-                        fired = infos[i].fired;
-        failpoint_info_free(infos, n);
-        return fired;
+static uint32_t fired(const char *name) {
+        uint32_t count = 0;
+        assert_int_equal(failpoint_fired(name, &count), 0);
+        return count;
 }
 
 /* The maintenance thread takes the buffered access times and is held (cache-touch) before it
@@ -371,9 +364,9 @@ static void test_touch_flush_before_eviction(void **state) {
 
         /* Past the budget but not 1.02x: only the maintenance thread is woken, and it flushes. */
         store_chunk(f->cache, 1000, CHUNK, now_usec());
-        for (unsigned i = 0; i < 5000 && failpoint_fired("cache-touch") == 0; i++)
+        for (unsigned i = 0; i < 5000 && fired("cache-touch") == 0; i++)
                 usleep(1000);
-        assert_int_equal(failpoint_fired("cache-touch"), 1);
+        assert_int_equal(fired("cache-touch"), 1);
 
         /* Past 1.02x: this thread evicts to 95 % itself, while the touches are held. */
         store_chunk(f->cache, 1001, CHUNK, now_usec());

@@ -61,16 +61,8 @@ static char *capture_end(StderrCapture *c) {
 }
 
 static uint32_t fired_of(const char *name) {
-        FailpointInfo *infos = NULL;
-        size_t n = 0;
-        uint32_t fired = UINT32_MAX;
-
-        assert_int_equal(failpoint_list(&infos, &n), 0);
-        for (size_t i = 0; i < n; i++)
-                if (strcmp(infos[i].name, name) == 0)
-                        fired = infos[i].fired;
-        failpoint_info_free(infos, n);
-        assert_int_not_equal(fired, UINT32_MAX);
+        uint32_t fired = 0;
+        assert_int_equal(failpoint_fired(name, &fired), 0);
         return fired;
 }
 

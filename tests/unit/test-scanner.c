@@ -986,15 +986,8 @@ static void populate_titled(const Fixture *f, unsigned n) {
 }
 
 static uint32_t fired(const char *name) {
-        FailpointInfo *info = NULL;
-        size_t n = 0;
         uint32_t count = 0;
-
-        assert_int_equal(failpoint_list(&info, &n), 0);
-        for (size_t i = 0; i < n; i++)
-                if (strcmp(info[i].name, name) == 0)
-                        count = info[i].fired;
-        failpoint_info_free(info, n);
+        assert_int_equal(failpoint_fired(name, &count), 0);
         return count;
 }
 
