@@ -521,19 +521,26 @@ finish:
 /* A reader lets go of its read-ahead job; cancel: it went elsewhere, so the job is dropped (queued)
  * or stopped (running) unless another reader still wants it or a reader of that file adopted it. */
 static void fill_readahead_release(CacheFills *f, FillJob *j, bool cancel) {
+        bool drop = false;
+
         pthread_mutex_lock(&f->lock);
         if (j->ra_owners > 0)
                 j->ra_owners--;
         if (cancel && j->ra_owners == 0 && j->kind == CACHE_FILL_READAHEAD) {
                 if (j->state == FILL_QUEUED) {
                         log_debug("Read-ahead of %s cancelled before it started", j->spec.path);
-                        fills_remove_locked(f, j, FILL_FAILED);
+                        drop = true;
                 } else if (j->state == FILL_RUNNING) {
                         log_debug("Read-ahead of %s cancelled", j->spec.path);
                         atomic_store(&j->cancel, true);
                 }
         }
-        fill_job_unref_locked(j);
+        /* The table's reference (the last one) goes last: the reader's first, while j is held. */
+        if (drop) {
+                j->n_ref--;
+                fills_remove_locked(f, j, FILL_FAILED);
+        } else
+                fill_job_unref_locked(j);
         pthread_mutex_unlock(&f->lock);
 }
 
