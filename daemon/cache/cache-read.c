@@ -108,7 +108,7 @@ typedef struct PrefetchedFd {
 
 typedef struct ChunkSlot {
         ChunkId id;
-        uint8_t *data;          /* CDC_MAX_SIZE bytes, or NULL */
+        uint8_t *data;          /* the chunk's bytes (at least size), or NULL */
         uint32_t size;
         uint64_t used;
         bool valid;
@@ -1182,11 +1182,10 @@ static void reader_queue_refill(CacheReader *r) {
 
 /* Copies [from, from + len) of one chunk at chunk_offset of the file into dst: from the reader's
  * slots, else from the store (verified), else (a bad chunk, a disk error) fetched again from the
- * origins, checked against its name and stored back (a missing one by a refill of the file). -ENOENT
- * when neither the store nor the index has it (evicted, cleared): the caller reads it with the rest
- * of its request (reader_serve_missing). -ESTALE when the origin's
- * bytes are not that chunk (the file changed under the same size and mtime); the origin's error
- * when neither has it.
+ * origins, checked against its name and stored back (a missing one by a refill of the file).
+ * -ENOENT when neither the store nor the index has it (evicted, cleared): the caller reads it with
+ * the rest of its request (reader_serve_missing). -ESTALE when the origin's bytes are not that
+ * chunk (the file changed under the same size and mtime); the origin's error when neither has it.
  *
  * A chunk wholly inside the request (most of them, with 1 MiB requests) is read and verified in
  * place in dst and not kept in a slot: no other request of this handle covers it, and a 256 KiB
@@ -1210,10 +1209,12 @@ static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk
 
         ChunkStore *store = read_store(c);
         ChunkIndex *index = read_index(c);
+        uint8_t *into = in_place ? dst : data;
+        size_t room = in_place ? ref->size : CDC_MAX_SIZE;
         int fd = store ? reader_take_fd(r, &ref->id) : -1;
         ssize_t n = !store ? -ENOENT
-                  : fd >= 0 ? chunk_store_read_fd(store, &ref->id, fd, in_place ? dst : data, in_place ? ref->size : CDC_MAX_SIZE)
-                            : chunk_store_read(store, &ref->id, in_place ? dst : data, in_place ? ref->size : CDC_MAX_SIZE);
+                  : fd >= 0 ? chunk_store_read_fd(store, &ref->id, fd, into, room)
+                            : chunk_store_read(store, &ref->id, into, room);
         if (fd >= 0)
                 reader_fd_done(r, fd);
         if (n >= 0 && (size_t) n == ref->size) {
