@@ -539,7 +539,9 @@ ssize_t chunk_store_read(ChunkStore *s, const ChunkId *id, void *buf, size_t buf
         char path[CHUNK_PATH_SIZE];
         chunk_path(id, path);
 
-        _cleanup_close_ int fd = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC);
+        /* O_NONBLOCK: a FIFO put where a chunk was must not hang the reader in open(); the fstat
+         * that follows finds it is no regular file. (It changes nothing for one that is.) */
+        _cleanup_close_ int fd = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0)
                 return negative_errno();
         atomic_fetch_add(&s->opened, 1);
@@ -576,7 +578,7 @@ size_t chunk_store_prefetch_fds(ChunkStore *s, const ChunkId *ids, size_t n, int
                 for (; done < n && m < PREFETCH_BATCH; done++, m++) {
                         char path[CHUNK_PATH_SIZE];
                         chunk_path(&ids[done], path);
-                        fds[m] = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                        fds[m] = openat(s->dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
                         if (fds[m] >= 0)
                                 atomic_fetch_add(&s->opened, 1);
                 }

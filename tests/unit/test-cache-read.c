@@ -474,7 +474,7 @@ static void test_progress_served(void **state) {
 #endif
 }
 
-typedef enum Damage { DAMAGE_FLIP, DAMAGE_DELETE, DAMAGE_TRUNCATE } Damage;
+typedef enum Damage { DAMAGE_FLIP, DAMAGE_DELETE, DAMAGE_TRUNCATE, DAMAGE_FIFO } Damage;
 
 static void damage_and_read(Fixture *f, Damage d) {
         _cleanup_(cache_reader_closep) CacheReader *r = NULL;
@@ -498,7 +498,11 @@ static void damage_and_read(Fixture *f, Damage d) {
                 assert_int_equal(close(fd), 0);
         } else if (d == DAMAGE_DELETE)
                 assert_int_equal(unlink(p), 0);
-        else
+        else if (d == DAMAGE_FIFO) {
+                /* Opened without O_NONBLOCK, a FIFO with no writer would hang the read for good. */
+                assert_int_equal(unlink(p), 0);
+                assert_int_equal(mkfifo(p, 0644), 0);
+        } else
                 assert_int_equal(truncate(p, chunks[k].size / 2), 0);
 
         assert_int_equal(cache_get_stats(f->cache, &before), 0);
@@ -531,6 +535,10 @@ static void test_deleted_chunk(void **state) {
 
 static void test_truncated_chunk(void **state) {
         damage_and_read(*state, DAMAGE_TRUNCATE);
+}
+
+static void test_fifo_chunk(void **state) {
+        damage_and_read(*state, DAMAGE_FIFO);
 }
 
 static void test_origin_changed(void **state) {
@@ -867,6 +875,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_flipped_byte, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_deleted_chunk, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_truncated_chunk, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fifo_chunk, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_origin_changed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_readers, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_prefetch_window, setup, teardown),
