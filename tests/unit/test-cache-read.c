@@ -609,11 +609,41 @@ static void *reader_thread(void *userdata) {
         return NULL;
 }
 
+/* Thread i of n reads requests i, i + n, ... of 128 KiB in order: one handle read sequentially
+ * by several threads at once, as the kernel's read-ahead sends its requests. */
+static void *striped_reader_thread(void *userdata) {
+        ThreadArgs *a = userdata;
+        uint8_t *buf = malloc(128 * KiB);
+        if (!buf) {
+                a->errors++;
+                return NULL;
+        }
+        for (uint64_t off = a->seed * 128 * KiB; off < BIG_SIZE; off += 4 * 128 * KiB) {
+                size_t want = BIG_SIZE - off < 128 * KiB ? (size_t) (BIG_SIZE - off) : 128 * KiB;
+                ssize_t n = cache_reader_read(a->r, buf, 128 * KiB, off);
+                if (n != (ssize_t) want || memcmp(buf, a->f->content[F_BIG] + off, want) != 0)
+                        a->errors++;
+        }
+        free(buf);
+        return NULL;
+}
+
+static unsigned open_fds(void) {
+        DIR *d = opendir("/proc/self/fd");
+        unsigned n = 0;
+        assert_non_null(d);
+        for (struct dirent *de; (de = readdir(d));)
+                n += de->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
 static void test_concurrent_readers(void **state) {
         Fixture *f = *state;
         _cleanup_(cache_reader_closep) CacheReader *r = NULL;
         pthread_t t[4];
         ThreadArgs args[4];
+        unsigned fds_before = open_fds();
 
         assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
         /* Twice: while the fill runs behind them, and from the cache. */
@@ -629,9 +659,26 @@ static void test_concurrent_readers(void **state) {
                 if (round == 0)
                         wait_complete(f->cache, f->node[F_BIG]);
         }
+        /* Sequential, striped over the threads, from the cache: prefetched files handed across them. */
+        for (unsigned pass = 0; pass < 3; pass++) {
+                cache_reader_close(TAKE_PTR(r));
+                assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
+                for (unsigned i = 0; i < 4; i++) {
+                        args[i] = (ThreadArgs) { .f = f, .r = r, .seed = i };
+                        assert_int_equal(pthread_create(&t[i], NULL, striped_reader_thread, &args[i]), 0);
+                }
+                for (unsigned i = 0; i < 4; i++) {
+                        assert_int_equal(pthread_join(t[i], NULL), 0);
+                        assert_int_equal(args[i].errors, 0);
+                }
+        }
         CacheStats st;
         assert_int_equal(cache_get_stats(f->cache, &st), 0);
         assert_int_equal(st.bad_chunks, 0);
+        /* Every file a prefetch opened was read or closed with the reader. */
+        cache_reader_close(TAKE_PTR(r));
+        wait_fills_idle(f->cache);
+        assert_int_equal(open_fds(), fds_before);
 }
 
 /* Reads the file sequentially up to fraction/10 of it. */
