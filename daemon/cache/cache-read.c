@@ -1330,6 +1330,26 @@ static int reader_serve_missing(CacheReader *r, const ChunkRange *range, size_t 
         return 0;
 }
 
+static bool slot_holds(CacheReader *r, const ChunkId *id) {
+        bool found = false;
+
+        pthread_mutex_lock(&r->slot_lock);
+        for (size_t i = 0; i < READER_SLOTS && !found; i++)
+                found = r->slots[i].valid && memcmp(&r->slots[i].id, id, sizeof *id) == 0;
+        pthread_mutex_unlock(&r->slot_lock);
+        return found;
+}
+
+/* A reader that met evicted chunks (its refill queued) asks the index before the store: a chunk the
+ * index does not know is not looked up on the disk at all (a cold directory block per request). */
+static bool reader_chunk_known_missing(CacheReader *r, const ChunkId *id) {
+        if (!atomic_load(&r->refill_queued) || slot_holds(r, id))
+                return false;
+        ChunkIndex *index = read_index(r->cache);
+        ChunkInfo info;
+        return index && chunk_index_chunk_get(index, id, &info) == -ENOENT;
+}
+
 static int reader_serve_range(CacheReader *r, const ChunkRange *range, uint8_t *buf, size_t size, uint64_t offset,
                               bool *ret_origin) {
         for (size_t i = 0; i < range->n; i++) {
@@ -1337,6 +1357,8 @@ static int reader_serve_range(CacheReader *r, const ChunkRange *range, uint8_t *
                 uint64_t s = cs > offset ? cs : offset, e = ce < offset + size ? ce : offset + size;
                 if (s >= e)
                         continue;
+                if (reader_chunk_known_missing(r, &range->refs[i].id))
+                        return reader_serve_missing(r, range, i, buf, size, offset, ret_origin);
                 int k = reader_chunk_copy(r, &range->refs[i], cs, (size_t) (s - cs), (size_t) (e - s), buf + (s - offset),
                                           ret_origin);
                 if (k == -ENOENT)

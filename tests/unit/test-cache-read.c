@@ -776,6 +776,19 @@ static void test_evicted_one_origin_read(void **state) {
         read_with_one_origin_read(f, BIG_SIZE - 100 * KiB, 128 * KiB);
         assert_false(version_complete(f->cache, f->node[F_BIG]));
 
+        /* One reader, request after request: once it met evicted chunks, it asks the index first. */
+        char *why = NULL;
+        assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
+        for (uint64_t off = 0; off < 2 * MiB; off += 512 * KiB) {
+                wait_fills_idle(f->cache);
+                assert_int_equal(failpoint_arm("origin-read", "1*off->return(EIO)", &why), 0);
+                why = mfree(why);
+                assert_read(r, f->content[F_BIG], BIG_SIZE, off, 512 * KiB);
+        }
+        cache_reader_close(TAKE_PTR(r));
+        wait_fills_idle(f->cache);
+        assert_int_equal(failpoint_disarm("origin-read"), 0);
+
         /* The origin back to normal: a reader gets every byte and its refill stores the file again. */
         assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
         assert_read_all(r, f->content[F_BIG], BIG_SIZE);
