@@ -218,8 +218,11 @@ class ConcurrencyTest(harness.MusicfsTestCase):
         r = Readers(d.mountpoint, stable, origin_map(lib, new), strict=False, ops=300, seed=4).start()
         try:
             def converged():
-                files = {p for p, st in harness.walk_tree(d.mountpoint).items()
-                         if not os.path.stat.S_ISDIR(st.st_mode)}
+                try:
+                    files = {p for p, st in harness.walk_tree(d.mountpoint).items()
+                             if not os.path.stat.S_ISDIR(st.st_mode)}
+                except FileNotFoundError:
+                    return False        # the rescan published a new tree between a listing and its lstat
                 return files == set(new)
             harness.wait_until(converged, 120, 0.2, message='the tree to show the changed origin')
         finally:
