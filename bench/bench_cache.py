@@ -8,11 +8,13 @@ one run, reported as ratios. See bench/README.md ("Chunk cache") for what each f
   ... --quick          (one round each, 256 MiB file, 500 small files: a smoke run, ~1 min)
 
 Figures: the first read of a fully cached 1 GiB file (page cache dropped) against a native cold read
-and passthrough_ll's cold read; the warm re-read against passthrough_ll's; a cold miss (empty cache,
-local origin) against native cold; chunking throughput (bench/cdc-speed); open + first 4 KiB p99
-over many small cached files against passthrough_ll; the cache's size while three times its budget
-streams through it. Data lives in /var/tmp/musicfs-bench/cache-data/ (kept for reruns). Needs root
-(FUSE, drop_caches). Output: a markdown table on stdout and bench/results/cache-<date>.md (+ .json).
+and passthrough_ll's cold read, beside the chunk files read natively, bare FUSE (libfuse's null
+example) and the bound that verifying every chunk sets; the warm re-read against passthrough_ll's; a
+cold miss (empty cache, local origin) against native cold; chunking throughput (bench/cdc-speed);
+open + first 4 KiB p99 over many small cached files against passthrough_ll (the systems taking turns
+file by file); the cache's size while three times its budget streams through it. Data lives in
+/var/tmp/musicfs-bench/cache-data/ (kept for reruns). Needs root (FUSE, drop_caches). Output: a
+markdown table on stdout and bench/results/cache-<date>.md (+ .json).
 """
 
 import argparse
@@ -45,7 +47,9 @@ TARGET_CDC = 2e9
 TARGET_TTFB_P99_VS_PLL = 1.5        # at most
 TARGET_BUDGET_RATIO = 1.05          # at most
 
-PLL_SOURCE = '/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c'
+EXAMPLES = '/usr/share/doc/libfuse3-dev/examples'
+PLL_SOURCE = os.path.join(EXAMPLES, 'passthrough_ll.c')
+NULL_SOURCE = os.path.join(EXAMPLES, 'null.c')
 CLK_TCK = os.sysconf('SC_CLK_TCK')
 ARTIST = 'Cache Bench'
 BIG_TITLE = 'Bigfile'
@@ -105,11 +109,14 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def read_file(path, timeout=300, bs=1 << 20):
-    """Reads path once, sequentially, in bs blocks (dd bs=1M, as the anchors did). (bytes, s)."""
+def read_file(path, timeout=300, bs=1 << 20, nbytes=None):
+    """Reads path once, sequentially, in bs blocks (dd bs=1M, as the anchors did), to its end or for
+    its first nbytes. (bytes, s)."""
     t0 = time.perf_counter()
-    out = subprocess.run(['dd', 'if=' + path, 'of=/dev/null', 'bs=%d' % bs], capture_output=True, text=True,
-                         timeout=timeout, check=True).stderr
+    cmd = ['dd', 'if=' + path, 'of=/dev/null', 'bs=%d' % bs]
+    if nbytes:
+        cmd += ['iflag=count_bytes', 'count=%d' % nbytes]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stderr
     s = time.perf_counter() - t0
     n = 0
     for line in out.splitlines():
@@ -379,6 +386,37 @@ class PassthroughLL:
         self.proc = None
 
 
+class BareFuse:
+    """libfuse's null example: a FUSE file system whose root is one 4 GiB file of zeros, each READ
+    answered by a memset. No storage, no lookups, no hashing: what moving the bytes through FUSE
+    costs on this machine, the ceiling of any FUSE file system's cold read (a kernel with
+    FUSE_PASSTHROUGH aside, which libfuse 3.14 cannot ask for)."""
+
+    def __init__(self, binary, mountpoint):
+        self.binary, self.mountpoint = binary, mountpoint
+        with open(mountpoint, 'ab'):
+            pass                      # null mounts on a regular file
+        self.proc = None
+
+    def start(self, timeout=10):
+        self.proc = subprocess.Popen([self.binary, '-f', self.mountpoint], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=harness._pdeathsig)
+        harness.wait_until(lambda: harness.is_mounted(self.mountpoint) or self.proc.poll() is not None,
+                           timeout, message='libfuse null example to mount')
+        if self.proc.poll() is not None:
+            raise RuntimeError('null exited with %s' % self.proc.returncode)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def cleanup(self):
+        harness.terminate(self.proc)
+        harness.lazy_unmount(self.mountpoint)
+        self.proc = None
+
+
 def set_read_ahead_kb(mountpoint, kb):
     """The FUSE connection's readahead (its bdi's read_ahead_kb, which the kernel caps at 128 KiB
     when the connection starts): larger values let the kernel send larger and more READs at once."""
@@ -387,18 +425,19 @@ def set_read_ahead_kb(mountpoint, kb):
         f.write('%d\n' % kb)
 
 
-def build_passthrough_ll(workdir):
-    """Compiles libfuse's example into workdir (never into the tree)."""
-    if not os.path.exists(PLL_SOURCE):
-        return None, '%s not found (libfuse3-dev examples)' % PLL_SOURCE
-    out = os.path.join(workdir, 'passthrough_ll')
+def build_example(workdir, source):
+    """Compiles one of libfuse's examples into workdir (never into the tree). (binary, why not)."""
+    name = os.path.splitext(os.path.basename(source))[0]
+    if not os.path.exists(source):
+        return None, '%s not found (libfuse3-dev examples)' % source
+    out = os.path.join(workdir, name)
     try:
         flags = subprocess.run(['pkg-config', '--cflags', '--libs', 'fuse3'], check=True,
                                capture_output=True, text=True).stdout.split()
-        subprocess.run(['gcc', '-O2', '-I', os.path.dirname(PLL_SOURCE), PLL_SOURCE, '-o', out] + flags,
+        subprocess.run(['gcc', '-O2', '-I', os.path.dirname(source), source, '-o', out] + flags,
                        check=True, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as e:
-        return None, 'could not build passthrough_ll: %s' % e
+        return None, 'could not build %s: %s' % (name, e)
     return out, None
 
 
@@ -430,7 +469,7 @@ def find_on_mount(mount, titles, timeout=30):
 # The run.
 
 class Run:
-    def __init__(self, args, work, origin, big, smalls, pll_binary, pll_reason):
+    def __init__(self, args, work, origin, big, smalls, pll_binary, pll_reason, null_binary, null_reason):
         self.args = args
         self.work = work
         self.origin = origin
@@ -438,6 +477,8 @@ class Run:
         self.big_size = os.path.getsize(big)
         self.smalls = smalls
         self.pll_binary, self.pll_reason = pll_binary, pll_reason
+        self.null_binary, self.null_reason = null_binary, null_reason
+        self.bare = None
         self.res = {'notes': [], 'big_bytes': self.big_size, 'small_files': len(smalls),
                     'small_bytes': os.path.getsize(smalls[0]) if smalls else 0}
         self.t_end = time.monotonic() + args.max_minutes * 60
@@ -466,13 +507,14 @@ class Run:
                 mode, int(nbytes) / float(cpu) / 1e9, int(nbytes) / float(wall) / 1e9, chunks, mean))
         self.res['cdc'] = res
 
-    def timed_read(self, name, path, pids, repeat=1):
-        """Sequential reads of the whole file (the fastest of repeat is kept: warm reads are short
-        and the machine is shared); returns the rate, records it with the CPU seconds of pids."""
+    def timed_read(self, name, path, pids, repeat=1, first_bytes=None):
+        """Sequential reads of the whole file, or of its first_bytes (the fastest of repeat is kept:
+        warm reads are short and the machine is shared); returns the rate, records it with the CPU
+        seconds of pids."""
         best = None
         for _ in range(repeat):
             c0 = {k: cpu_s(p) for k, p in pids.items()}
-            n, s = read_file(path)
+            n, s = read_file(path, nbytes=first_bytes)
             cpu = {k: cpu_s(p) - c0[k] for k, p in pids.items()}
             if n != self.big_size:
                 raise RuntimeError('%s: read %d bytes of %d' % (path, n, self.big_size))
@@ -553,7 +595,8 @@ class Run:
         # In the order the fill wrote them: the file's order, as a reader of the file asks for them.
         chunk_files.sort(key=lambda p: (os.stat(p).st_mtime_ns, p))
         paths = {'native': self.big, 'musicfs': mbig, 'passthrough_ll': pbig}
-        order = ['native', 'musicfs', 'chunk files'] + (['passthrough_ll'] if pll else [])
+        order = (['native', 'musicfs', 'chunk files'] + (['passthrough_ll'] if pll else []) +
+                 (['bare FUSE'] if self.bare else []))
         k = r % len(order)
         for name in order[k:] + order[:k]:
             drop_caches()
@@ -572,6 +615,13 @@ class Run:
                                                                                          'cpu': {}})
                 log('  %-24s %.3f s  %s  (%d files, native reads in batches of 32)' % (
                     'chunk files cold', s, fmt_rate(n / s), len(chunk_files)))
+                continue
+            elif name == 'bare FUSE':
+                # The same byte count through FUSE with nothing behind it (a memset per READ), at
+                # musicfsd's FUSE readahead: no warm re-read, null keeps no pages.
+                set_read_ahead_kb(self.bare.mountpoint, m.fuse_settings().get('read_ahead_kb', 128))
+                self.timed_read('bare FUSE cold', self.bare.mountpoint, dict(pids, null=self.bare.pid),
+                                first_bytes=self.big_size)
                 continue
             else:
                 self.check_dropped([self.big], 'origin file')
@@ -636,7 +686,9 @@ class Run:
         clock = time.perf_counter_ns
         names = list(paths)
         total = len(self.smalls)
-        block = 100
+        # Systems take turns file by file (block 1, the default), their order rotating: a stall of
+        # the shared disk then falls on each alike. In blocks of 100 it fell on one system's block.
+        block = self.args.ttfb_block
         res = {}
         for mode in ('cold', 'warm'):
             lat = {n: [] for n in names}
@@ -666,6 +718,7 @@ class Run:
             res[mode] = out
             log('open+4 KiB %s: ' % mode + ', '.join('%s p50 %.1f p99 %.1f µs' % (n, out[n]['p50_us'], out[n]['p99_us'])
                                                      for n in names) + '; musicfs %r' % out['musicfs_stats'])
+        res['block'] = block
         self.res['ttfb'] = res
 
     # -- the budget while three times it streams through
@@ -742,6 +795,11 @@ class Run:
                     set_read_ahead_kb(pll.mountpoint, self.args.fuse_read_ahead_kb)
             else:
                 self.res['pll_skipped'] = self.pll_reason
+            if self.null_binary:
+                self.bare = BareFuse(self.null_binary, os.path.join(self.work, 'null-mnt'))
+                self.bare.start()
+            else:
+                self.res['null_skipped'] = self.null_reason
             log('== big file (%d bytes)' % self.big_size)
             m = self.big_file(pll)
             if m and self.args.evicted_mib:
@@ -755,11 +813,16 @@ class Run:
             if pll:
                 pll.cleanup()
                 pll = None
+            if self.bare:
+                self.bare.cleanup()
+                self.bare = None
             log('== budget: %d bytes through a cache of budget %s' % (self.big_size, self.args.budget_mib or 'file/3.2'))
             self.budget()
         finally:
             if pll:
                 pll.cleanup()
+            if self.bare:
+                self.bare.cleanup()
             if m:
                 m.cleanup()
         return self.res
@@ -838,6 +901,31 @@ def table(r):
                         'files cold %s (%s of native cold) | %s (per round %s–%s) | (info: the layout\'s own '
                         'floor) | — |' % (fmt_rate(med(cached)), spread(cf), fmt_ratio(ratio_stats(cf, nat)[0]),
                                          fmt_ratio(a), fmt_ratio(lo), fmt_ratio(hi)))
+        bare = rates(r, 'bare FUSE cold')
+        if bare:
+            a, lo, hi = ratio_stats(cached, bare)
+            b, blo, bhi = ratio_stats(bare, nat)
+            rows.append('| the same, against FUSE itself: libfuse\'s `null` example (each READ a memset: no storage, '
+                        'no hashing), the same byte count at the same FUSE readahead | %s | bare FUSE %s, which is '
+                        '%s of native cold (per round %s–%s) | %s (per round %s–%s) | (info: the ceiling of any '
+                        'FUSE file system on this machine) | — |' % (
+                            fmt_rate(med(cached)), spread(bare), fmt_ratio(b), fmt_ratio(blo), fmt_ratio(bhi),
+                            fmt_ratio(a), fmt_ratio(lo), fmt_ratio(hi)))
+            # What verifying every chunk on read (D7) leaves on this machine at best: the CPU of
+            # SHA-256 over the bytes plus what bare FUSE spends moving them, spread over every core,
+            # with no storage read and no reader's copy counted. A cached read cannot be faster.
+            sha = (r.get('cdc') or {}).get('sha256')
+            null_cpu = cpu_of(r, 'bare FUSE cold', 'null')
+            if sha and null_cpu is not None and nat:
+                per_byte = sha['cpu_s'] / sha['bytes'] + null_cpu / r['big_bytes']
+                bound = (os.cpu_count() or 1) / per_byte
+                rows.append('| the same, against the fastest read that verifies every chunk (D7) could be here: '
+                            'SHA-256 of the bytes (%.2f s per GiB, cdc-speed) plus bare FUSE\'s CPU (%.2f s per '
+                            'GiB), on all %d cores, no storage read counted | %s | at most %s, which is %s of '
+                            'native cold | %s | (info: the bound the design sets on this machine) | — |' % (
+                                sha['cpu_s'] / sha['bytes'] * 2**30, null_cpu / r['big_bytes'] * 2**30,
+                                os.cpu_count() or 1, fmt_rate(med(cached)), fmt_rate(bound),
+                                fmt_ratio(bound / med(nat)), fmt_ratio(med(cached) / bound)))
         if pc:
             a, lo, hi = ratio_stats(cached, pc)
             row('the same, against passthrough_ll', fmt_rate(med(cached)),
@@ -904,8 +992,9 @@ def table(r):
             ok = o['p99_us'] / p['p99_us'] <= TARGET_TTFB_P99_VS_PLL
         what = ('page cache dropped (`drop_caches` 1), dentries kept' if mode == 'cold'
                 else 'page cache warm (keep_cache)')
-        row('open + first 4 KiB of %d cached files of %d KiB, %s; %d samples each' % (
-            r['small_files'], r['small_bytes'] >> 10, what, o['samples']),
+        row('open + first 4 KiB of %d cached files of %d KiB, %s; %d samples each, the systems taking turns '
+            'every %d file%s' % (r['small_files'], r['small_bytes'] >> 10, what, o['samples'], tt.get('block', 100),
+                                 '' if tt.get('block', 100) == 1 else 's'),
             'p50 %.1f / p99 %.1f µs (misses during it: %d)' % (o['p50_us'], o['p99_us'], t['musicfs_stats']['misses']),
             ref, ratio, '≤ 1.5× passthrough_ll (p99)' if mode == 'cold' else 'info (same target)', ok)
     b = r.get('budget') or {}
@@ -925,8 +1014,10 @@ def table(r):
 
 def notes(r):
     out = []
-    for name in ('musicfs cached cold', 'musicfs cold miss', 'musicfs warm', 'passthrough_ll cold', 'passthrough_ll warm'):
-        who = 'passthrough_ll' if name.startswith('passthrough_ll') else 'musicfsd'
+    for name in ('musicfs cached cold', 'musicfs cold miss', 'musicfs warm', 'passthrough_ll cold',
+                 'passthrough_ll warm', 'bare FUSE cold'):
+        who = ('passthrough_ll' if name.startswith('passthrough_ll') else 'null' if name.startswith('bare')
+               else 'musicfsd')
         c = cpu_of(r, name, who)
         if c is not None:
             out.append('- %s: %s CPU %.2f s per GiB read (median).' % (name, who, c / (r['big_bytes'] / 2**30)))
@@ -963,6 +1054,8 @@ def notes(r):
             r['daemon_rss_kb'].get('Threads', 0)))
     if r.get('pll_skipped'):
         out.append('- passthrough_ll not run: %s.' % r['pll_skipped'])
+    if r.get('null_skipped'):
+        out.append('- bare FUSE (libfuse null) not run: %s.' % r['null_skipped'])
     for s in r.get('notes', []):
         out.append('- note: %s' % s)
     return out
@@ -1030,6 +1123,8 @@ def main():
     ap.add_argument('--fuse-read-ahead-kb', type=int, default=0,
                     help='set read_ahead_kb of both FUSE mounts (musicfsd and passthrough_ll; default: the kernel\'s)')
     ap.add_argument('--ttfb-rounds', type=int, default=3, help='open + 4 KiB rounds per mode (default 3)')
+    ap.add_argument('--ttfb-block', type=int, default=1,
+                    help='open + 4 KiB: files per system before the next system takes its turn (default 1)')
     ap.add_argument('--cdc-mib', type=int, default=256, help='cdc-speed buffer (default 256 MiB)')
     ap.add_argument('--cdc-rounds', type=int, default=5, help='cdc-speed best-of rounds (default 5)')
     ap.add_argument('--main-budget-mib', type=int, default=8192, help='budget of the main daemon (default 8192)')
@@ -1070,8 +1165,10 @@ def main():
     try:
         with harness.private_system_bus():
             pll_binary, pll_reason = (None, 'skipped (--no-passthrough)') if args.no_passthrough \
-                else build_passthrough_ll(work)
-            run = Run(args, work, origin, big, smalls, pll_binary, pll_reason)
+                else build_example(work, PLL_SOURCE)
+            null_binary, null_reason = (None, 'skipped (--no-passthrough)') if args.no_passthrough \
+                else build_example(work, NULL_SOURCE)
+            run = Run(args, work, origin, big, smalls, pll_binary, pll_reason, null_binary, null_reason)
             try:
                 res = run.run()
             except (harness.DaemonFailed, harness.WaitTimeout, subprocess.SubprocessError, OSError, RuntimeError,
