@@ -32,22 +32,12 @@
 #include "failpoint.h"
 #include "log.h"
 #include "macro.h"
-#include "tree.h"
+#include "tree-internal.h"
 
 #define NONE UINT32_MAX
 #define EXT_KEEP_MAX 32
 
 /* ---- string arena ---- */
-
-typedef struct ArenaBlock {
-        struct ArenaBlock *next;
-        size_t used, size;
-        char data[];
-} ArenaBlock;
-
-typedef struct Arena {
-        ArenaBlock *head;
-} Arena;
 
 #define ARENA_BLOCK_SIZE (256u * 1024u)
 
@@ -80,7 +70,7 @@ static char *arena_strndup(Arena *a, const char *s, size_t len) {
         return p;
 }
 
-static void arena_free(Arena *a) {
+void arena_free(Arena *a) {
         while (a->head) {
                 ArenaBlock *next = a->head->next;
                 free(a->head);
@@ -200,26 +190,7 @@ static Span span_trimmed(const char *s) {
 
 _Static_assert(sizeof(TreeNode) == 64, "a TreeNode is 64 bytes: one per file and directory, two trees during a rebuild");
 
-struct Tree {
-        atomic_uint n_ref;
-        TreeNode *nodes;        /* [0] is the root; directories, then files */
-        size_t n_nodes;
-        uint64_t n_files;
-        TreeNode **children;
-        TreeReplica *replicas;
-        uint32_t *ino_slots;    /* node index + 1, 0 = empty */
-        size_t ino_mask;
-        /* Catalog file id -> node, for search hits: one entry per replica, sorted by file id (16
-         * bytes a replica, binary search; cheaper than a hash at 100k+ tracks). */
-        struct TreeFileEntry {
-                int64_t file_id;
-                uint32_t node;
-        } *files_by_id;
-        size_t n_files_by_id;
-        Arena strings;
-};
-
-static void tree_free(Tree *t) {
+void tree_free(Tree *t) {
         if (!t)
                 return;
         free(t->nodes);
@@ -230,7 +201,6 @@ static void tree_free(Tree *t) {
         arena_free(&t->strings);
         free(t);
 }
-DEFINE_TRIVIAL_CLEANUP_FUNC(Tree *, tree_free);
 
 Tree *tree_ref(Tree *t) {
         if (t)
@@ -250,8 +220,7 @@ static size_t ino_hash(uint64_t ino) {
         return (size_t) (x ^ (x >> 32));
 }
 
-/* Indexes every node by inode number; -EBADMSG when two nodes share one. */
-static int tree_index_inodes(Tree *t) {
+int tree_index_inodes(Tree *t) {
         size_t cap = 16;
 
         while (cap < t->n_nodes * 2)
@@ -411,7 +380,7 @@ char *tree_node_path(const Tree *t, const TreeNode *n) {
         return node_path_up(t, n, published_parent, t);
 }
 
-static int tree_alloc(size_t n_nodes, Tree **ret) {
+int tree_alloc(size_t n_nodes, Tree **ret) {
         Tree *t = calloc(1, sizeof(Tree));
         if (!t)
                 return -ENOMEM;

@@ -13,11 +13,15 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
 
 #include "catalog.h"
 #include "failpoint.h"
 #include "macro.h"
-#include "tree.h"
+#include "tree-internal.h"
+#include "tree-snapshot.h"
 
 #define DEFAULT_TEMPLATE "{albumartist}/{album} ({year})/{disc}{track:02} - {title}.{ext}"
 
@@ -856,6 +860,249 @@ static void test_failpoint(void **state) {
 #endif
 }
 
+/* ---- snapshots ---- */
+
+static const char snap_key[] = "catalog 1 2 3\ntemplate x\n";
+
+/* A library with replicas, collisions, a big directory and untagged files: everything a node holds. */
+static Tree *snapshot_library(Fixture *f) {
+        Spec specs[ELEMENTSOF(library) + 300];
+        char paths[300][48], titles[300][16];
+        size_t n = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(library); i++)
+                specs[n++] = library[i];
+        for (int i = 0; i < 300; i++) {
+                snprintf(paths[i], sizeof paths[i], "big/%03d.flac", i);
+                snprintf(titles[i], sizeof titles[i], "T%03d", (i * 7) % 300);
+                specs[n++] = (Spec) { i % 2 ? "a" : "b", paths[i], 1000u + (uint64_t) i, 50 + i, "Big", "Many",
+                                      NULL, i % 17 ? titles[i] : NULL, 1999, i + 1, 1 + i / 150, 2,
+                                      .unparsed = i % 29 == 0 };
+        }
+        sync_origins(f, both, specs, n);
+        return build(f);
+}
+
+static char *snap_path(Fixture *f) {
+        char *p = NULL;
+        assert_true(asprintf(&p, "%s/tree.snapshot", f->dir) > 0);
+        return p;
+}
+
+static void assert_same_tree(const Tree *want, const Tree *got) {
+        _cleanup_free_ char *a = dump(want), *b = dump(got);
+        assert_string_equal(a, b);
+        assert_int_equal(tree_track_count(got), tree_track_count(want));
+        assert_int_equal(tree_node_count(got), tree_node_count(want));
+        /* the file index answers as the built tree's does, for every replica */
+        for (size_t i = 0; i < tree_node_count(want); i++) {
+                const TreeNode *n = want->nodes + i;
+                for (size_t j = 0; j < n->n_replicas; j++) {
+                        const TreeNode *g = tree_find_file(got, n->replicas[j].file_id);
+                        assert_non_null(g);
+                        _cleanup_free_ char *pw = tree_node_path(want, n), *pg = tree_node_path(got, g);
+                        assert_string_equal(pw, pg);
+                }
+        }
+}
+
+static void test_snapshot_round_trip(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *path = snap_path(f);
+        Tree *t = snapshot_library(f), *back = NULL, *empty = NULL;
+        void *annex = NULL;
+        size_t annex_len = 0;
+
+        assert_true(tree_track_count(t) > 300);
+        assert_int_equal(tree_snapshot_write(path, t, snap_key, sizeof snap_key, "counts", 6), 0);
+        assert_int_equal(access(path, F_OK), 0);
+        assert_int_equal(tree_snapshot_read(path, snap_key, sizeof snap_key, &back, &annex, &annex_len), 0);
+        assert_same_tree(t, back);
+        assert_int_equal(annex_len, 6);
+        assert_memory_equal(annex, "counts", 6);
+        must_lookup(back, "Big/Many (1999)/1-02 - T007.flac");
+        free(annex);
+        tree_unref(back);
+
+        /* written again over the old one, with no annex; no temporary left behind */
+        assert_int_equal(tree_snapshot_write(path, t, snap_key, sizeof snap_key, NULL, 0), 0);
+        assert_int_equal(tree_snapshot_read(path, snap_key, sizeof snap_key, &back, &annex, &annex_len), 0);
+        assert_null(annex);
+        assert_int_equal(annex_len, 0);
+        assert_same_tree(t, back);
+        tree_unref(back);
+        _cleanup_free_ char *tmp = NULL;
+        assert_true(asprintf(&tmp, "%s.tmp", path) > 0);
+        assert_int_equal(access(tmp, F_OK), -1);
+
+        /* the root alone */
+        assert_int_equal(tree_new_empty(&empty), 0);
+        assert_int_equal(tree_snapshot_write(path, empty, NULL, 0, NULL, 0), 0);
+        assert_int_equal(tree_snapshot_read(path, NULL, 0, &back, NULL, NULL), 0);
+        assert_same_tree(empty, back);
+        tree_unref(back);
+        tree_unref(empty);
+        tree_unref(t);
+}
+
+static void read_file(const char *path, uint8_t **ret, size_t *ret_len) {
+        struct stat st;
+        int fd = open(path, O_RDONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(fstat(fd, &st), 0);
+        *ret = malloc((size_t) st.st_size);
+        assert_non_null(*ret);
+        assert_int_equal(read(fd, *ret, (size_t) st.st_size), st.st_size);
+        *ret_len = (size_t) st.st_size;
+        close(fd);
+}
+
+/* Writes bytes to path; with rehash, with the digest made right for them, so that only the checks
+ * of the structure stand between a crafted file and a tree. */
+static void write_file(const char *path, uint8_t *bytes, size_t len, bool rehash) {
+        if (rehash) {
+                unsigned n = 0;
+                SnapshotHeader *h = (SnapshotHeader *) bytes;
+                assert_int_equal(EVP_Digest(bytes + sizeof *h, len - sizeof *h, h->digest, &n, EVP_sha256(), NULL), 1);
+        }
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, bytes, len), (ssize_t) len);
+        close(fd);
+}
+
+static int read_back(const char *path) {
+        Tree *t = NULL;
+        void *annex = NULL;
+        int r = tree_snapshot_read(path, snap_key, sizeof snap_key, &t, &annex, NULL);
+        if (r == 0) {
+                tree_unref(t);
+                free(annex);
+        } else
+                assert_null(t);
+        return r;
+}
+
+typedef struct Layout {
+        SnapshotHeader h;
+        size_t strings, nodes, children, replicas, file_ids;
+} Layout;
+
+static Layout layout_of(const uint8_t *bytes) {
+        Layout l;
+        memcpy(&l.h, bytes, sizeof l.h);
+        l.strings = sizeof l.h + l.h.key_len + l.h.annex_len;
+        l.nodes = l.strings + l.h.strings_len;
+        l.children = l.nodes + l.h.n_nodes * sizeof(SnapshotNode);
+        l.replicas = l.children + l.h.n_children * sizeof(uint32_t);
+        l.file_ids = l.replicas + l.h.n_replicas * sizeof(SnapshotReplica);
+        return l;
+}
+
+/* Every damaged, truncated, stale or crafted snapshot is refused with an error, and never read as a
+ * tree: the daemon then builds from the catalog. */
+static void test_snapshot_refused(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *path = snap_path(f);
+        _cleanup_free_ uint8_t *good = NULL, *bytes = NULL;
+        size_t len = 0;
+        Tree *t = snapshot_library(f);
+
+        assert_int_equal(read_back(path), -ENOENT);
+        assert_int_equal(tree_snapshot_write(path, t, snap_key, sizeof snap_key, "annex", 5), 0);
+        assert_int_equal(read_back(path), 0);
+        read_file(path, &good, &len);
+        bytes = malloc(len);
+        assert_non_null(bytes);
+
+        /* another key: the same length, a longer one, none */
+        Tree *got = NULL;
+        assert_int_equal(tree_snapshot_read(path, "catalog 1 2 4\ntemplate x\n", sizeof snap_key, &got, NULL, NULL),
+                         -ESTALE);
+        assert_int_equal(tree_snapshot_read(path, "catalog 1 2 3\ntemplate xy\n", sizeof snap_key + 1, &got, NULL,
+                                            NULL), -ESTALE);
+        assert_int_equal(tree_snapshot_read(path, NULL, 0, &got, NULL, NULL), -ESTALE);
+        assert_null(got);
+
+        /* one flipped bit anywhere: 512 places, the header's every byte among them */
+        for (size_t i = 0; i < 512; i++) {
+                size_t at = i < sizeof(SnapshotHeader) ? i : sizeof(SnapshotHeader) + (i * 7919u) % (len - sizeof(SnapshotHeader));
+                memcpy(bytes, good, len);
+                bytes[at] ^= (uint8_t) (1u << (i % 8));
+                write_file(path, bytes, len, false);
+                int r = read_back(path);
+                if (r != -EBADMSG && r != -ESTALE)
+                        print_error("a bit flipped at byte %zu of %zu: %d\n", at, len, r);
+                assert_true(r == -EBADMSG || r == -ESTALE);
+        }
+        /* cut short anywhere, or grown */
+        const size_t cuts[] = { 0, 1, sizeof(SnapshotHeader) - 1, sizeof(SnapshotHeader), len / 2, len - 1 };
+        for (size_t i = 0; i < ELEMENTSOF(cuts); i++) {
+                write_file(path, good, cuts[i], false);
+                assert_int_equal(read_back(path), -EBADMSG);
+        }
+        memcpy(bytes, good, len);
+        write_file(path, bytes, len, false);
+        int fd = open(path, O_WRONLY | O_APPEND);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, "x", 1), 1);
+        close(fd);
+        assert_int_equal(read_back(path), -EBADMSG);
+        /* garbage of the same size; not a regular file */
+        for (size_t i = 0; i < len; i++)
+                bytes[i] = (uint8_t) (i * 2654435761u >> 13);
+        write_file(path, bytes, len, false);
+        assert_int_equal(read_back(path), -EBADMSG);
+        assert_int_equal(unlink(path), 0);
+        assert_int_equal(mkfifo(path, 0600), 0);
+        assert_int_equal(read_back(path), -EBADMSG);
+        assert_int_equal(unlink(path), 0);
+
+        /* crafted, with a right digest: out of bounds, unsorted, cycles, shared inodes */
+        Layout l = layout_of(good);
+        SnapshotNode *nodes = (SnapshotNode *) (bytes + l.nodes);
+        uint32_t *children = (uint32_t *) (bytes + l.children);
+        SnapshotReplica *replicas = (SnapshotReplica *) (bytes + l.replicas);
+        struct TreeFileEntry *ids = (struct TreeFileEntry *) (bytes + l.file_ids);
+        size_t last_file = l.h.n_nodes - 1, first_child_dir = 0;
+        while (first_child_dir < l.h.n_nodes && !(((SnapshotNode *) (good + l.nodes))[first_child_dir].n_children > 1 &&
+                                                 first_child_dir > 0))
+                first_child_dir++;
+        assert_true(first_child_dir < l.h.n_nodes);
+
+        for (int c = 0; c < 11; c++) {
+                memcpy(bytes, good, len);
+                SnapshotNode *d = nodes + first_child_dir;
+                switch (c) {
+                case 0: nodes[last_file].name = l.h.strings_len; break;
+                case 1: replicas[0].rel_path = l.h.strings_len + 5; break;
+                case 2: bytes[l.nodes - 1] = 'x'; break;                /* the last string unterminated */
+                case 3: {                                               /* two children swapped */
+                        uint32_t x = children[d->children_first];
+                        children[d->children_first] = children[d->children_first + 1];
+                        children[d->children_first + 1] = x;
+                        break;
+                }
+                case 4: children[d->children_first] = (uint32_t) first_child_dir; break;   /* a dir its own child */
+                case 5: children[0] = 0; break;                         /* the root as a child */
+                case 6: children[d->children_first] = (uint32_t) l.h.n_nodes; break;
+                case 7: nodes[last_file].ino = nodes[last_file - 1].ino; break;
+                case 8: nodes[last_file].is_dir = 1; break;             /* a dir that has replicas */
+                case 9: ids[0].file_id = INT64_MAX; break;              /* the file index out of order */
+                case 10: nodes[1].children_first += 1; break;           /* ranges that do not follow on */
+                }
+                write_file(path, bytes, len, true);
+                int r = read_back(path);
+                if (r != -EBADMSG)
+                        print_error("crafted case %d: %d\n", c, r);
+                assert_int_equal(r, -EBADMSG);
+        }
+        /* the same bytes rehashed untouched still read: the crafting above is what was refused */
+        write_file(path, good, len, true);
+        assert_int_equal(read_back(path), 0);
+        tree_unref(t);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_replicas_and_collisions, setup, teardown),
@@ -870,6 +1117,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_empty_catalog, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_builder_copies_rows, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_failpoint, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_snapshot_round_trip, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_snapshot_refused, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
