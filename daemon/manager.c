@@ -29,12 +29,14 @@
 #include "bus-api.h"
 #include "bus-manager.h"
 #include "bus-origin.h"
+#include "build-id.h"
 #include "crash.h"
 #include "failpoint.h"
 #include "log.h"
 #include "manager.h"
 #include "polkit.h"
 #include "scanner.h"
+#include "tree-snapshot.h"
 
 /* A clean stop must be over well within 10 s; past this the mount is detached and we exit 1. */
 #define STOP_TIMEOUT_USEC (9ULL * 1000000ULL)
@@ -652,9 +654,35 @@ static uint64_t count_of(const OriginCount *counts, size_t n, int64_t origin_id)
         return 0;
 }
 
+/* What a build reads besides the catalog's rows: the template, and the origins whose rows it shows
+ * with the priorities that order replicas. Newly allocated, NULL when out of memory. */
+static char *manager_tree_inputs(Manager *m, const Template *tpl) {
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+
+        if (!f)
+                return NULL;
+        fprintf(f, "template %s\n", template_spec(tpl) ?: "");
+        for (size_t i = 0;; i++) {
+                Origin *o = origin_set_at_ref(m->origins, i);
+                if (!o)
+                        break;
+                fprintf(f, "origin %" PRIi64 " %u %s\n", o->id, o->priority, o->name);
+                origin_unref(o);
+        }
+        if (fclose(f) != 0)
+                return NULL;
+        return TAKE_PTR(buf);
+}
+
+/* ret_inputs and ret_changes describe what the tree was built from, for its snapshot: the inputs as
+ * the walk began, the catalog's change count once inode numbers were assigned. */
 static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_t *ret_n_files,
-                              OriginCount **ret_counts, size_t *ret_n_counts) {
+                              OriginCount **ret_counts, size_t *ret_n_counts, char **ret_inputs,
+                              uint64_t *ret_changes) {
         TreeRows rows = { .manager = m };
+        _cleanup_free_ char *inputs = manager_tree_inputs(m, tpl);
         int r;
 
         /* During a scan the tag readers free their buffers in their own heaps, which this thread
@@ -692,7 +720,118 @@ static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_
                 *ret_n_files = rows.n_files;
         *ret_counts = rows.counts;
         *ret_n_counts = rows.n_counts;
+        *ret_changes = catalog_content_changes(m->catalog);
+        *ret_inputs = TAKE_PTR(inputs);
         return 0;
+}
+
+/* ---- tree snapshots (daemon/tree/tree-snapshot.h) ---- */
+
+#define TREE_SNAPSHOT_FILE "tree.snapshot"
+
+/* The snapshot is read back only by this build, on the catalog file exactly as the clean close that
+ * followed the snapshot's tree left it, under the same template and origins. */
+static char *manager_snapshot_key(const char *catalog_identity, const char *inputs) {
+        _cleanup_free_ char *build = NULL;
+        char *key = NULL;
+
+        if (build_id_self(&build) < 0)
+                return NULL;
+        if (asprintf(&key, "musicfsd tree snapshot\nbuild %s\ncatalog %s\n%s", build, catalog_identity, inputs) < 0)
+                return NULL;
+        return key;
+}
+
+static char *manager_snapshot_path(Manager *m) {
+        char *p = NULL;
+        return asprintf(&p, "%s/%s", m->config.cache_dir, TREE_SNAPSHOT_FILE) < 0 ? NULL : p;
+}
+
+/* Startup: the tree from the snapshot a clean stop left, if it is this catalog's. The file goes
+ * either way: from here on the catalog changes, and the next clean stop writes a new one. */
+static int manager_snapshot_load(Manager *m, Tree **ret) {
+        _cleanup_free_ char *path = manager_snapshot_path(m), *inputs = NULL, *key = NULL;
+        _cleanup_free_ void *annex = NULL;
+        const char *identity = catalog_clean_identity(m->catalog);
+        size_t annex_len = 0;
+        Tree *tree = NULL;
+        int r;
+
+        if (!path)
+                return -ENOMEM;
+        /* A stop cut short by its deadline may have left the temporary of a snapshot it was writing. */
+        _cleanup_free_ char *tmp = NULL;
+        if (asprintf(&tmp, "%s.tmp", path) >= 0)
+                (void) unlink(tmp);
+        if (!identity || m->catalog_rebuilt) {
+                if (unlink(path) >= 0)
+                        log_info("Not reading the tree snapshot: the catalog was not closed cleanly since");
+                return -ESTALE;
+        }
+        inputs = manager_tree_inputs(m, m->template);
+        key = inputs ? manager_snapshot_key(identity, inputs) : NULL;
+        if (!key)
+                return -ENOMEM;
+        uint64_t t0 = now_usec();
+        r = tree_snapshot_read(path, key, strlen(key), &tree, &annex, &annex_len);
+        if (r == 0 && annex_len % sizeof(OriginCount) != 0) {
+                tree_unref(TAKE_PTR(tree));
+                r = -EBADMSG;
+        }
+        if (r != -ENOENT && unlink(path) < 0 && errno != ENOENT)
+                log_warning_errno(errno, "Failed to remove %s, ignoring: %m", path);
+        if (r == -ENOENT)
+                return r;
+        if (r == -ESTALE) {
+                log_info("The tree snapshot is not this catalog's or configuration's; building the tree from the catalog");
+                return r;
+        }
+        if (r < 0)
+                return log_warning_errno(r, "Failed to read the tree snapshot %s, building the tree from the catalog: %m",
+                                         path);
+        log_debug("Read the tree snapshot (%" PRIu64 " tracks) in %.0f ms", tree_track_count(tree),
+                  (double) (now_usec() - t0) / 1000.0);
+
+        free(m->counts);
+        m->counts = TAKE_PTR(annex);
+        m->n_counts = annex_len / sizeof(OriginCount);
+        free(m->tree_inputs);
+        m->tree_inputs = TAKE_PTR(inputs);
+        m->tree_changes = catalog_content_changes(m->catalog);
+        *ret = tree;
+        return 0;
+}
+
+/* Stop, before the catalog closes: is the published tree still what the catalog would build? */
+static bool manager_tree_current(Manager *m) {
+        bool current;
+
+        pthread_mutex_lock(&m->lock);
+        current = m->tree_inputs && !m->rebuild_requested && !m->pending_template &&
+                  m->tree_changes != UINT64_MAX && m->tree_changes == catalog_content_changes(m->catalog);
+        pthread_mutex_unlock(&m->lock);
+        return current;
+}
+
+/* Stop, after the catalog closed and left its marker (catalog_identity): every thread that changes
+ * the tree or the catalog is gone. */
+static void manager_snapshot_save(Manager *m, const char *catalog_identity) {
+        _cleanup_free_ char *path = manager_snapshot_path(m), *key = NULL;
+        _cleanup_(tree_unrefp) Tree *tree = tree_store_get(m->trees);
+        uint64_t t0 = now_usec();
+        int r;
+
+        key = path ? manager_snapshot_key(catalog_identity, m->tree_inputs) : NULL;
+        if (!key) {
+                log_warning("Out of memory: no tree snapshot for the next start");
+                return;
+        }
+        r = tree_snapshot_write(path, tree, key, strlen(key), m->counts, m->n_counts * sizeof *m->counts);
+        if (r < 0)
+                log_warning_errno(r, "Failed to write the tree snapshot %s, the next start builds the tree: %m", path);
+        else
+                log_debug("Wrote the tree snapshot (%" PRIu64 " tracks) in %.0f ms", tree_track_count(tree),
+                          (double) (now_usec() - t0) / 1000.0);
 }
 
 /* ---- the chunk cache ---- */
@@ -1196,7 +1335,16 @@ static int manager_startup(Manager *m) {
          * catalog must not keep the library from mounting: start empty and let the scan fill it. */
         _cleanup_(tree_unrefp) Tree *tree = NULL;
         size_t n_files = 0;
-        r = manager_build_tree(m, m->template, &tree, &n_files, &m->counts, &m->n_counts);
+        bool from_snapshot = manager_snapshot_load(m, &tree) >= 0;
+        if (from_snapshot) {
+                n_files = tree_track_count(tree);
+                /* Built again from the catalog in the background, first thing: what is shown then
+                 * cannot stay behind the catalog even if something wrote to it unseen. */
+                m->rebuild_requested = true;
+                r = 0;
+        } else
+                r = manager_build_tree(m, m->template, &tree, &n_files, &m->counts, &m->n_counts, &m->tree_inputs,
+                                       &m->tree_changes);
         if (r < 0) {
                 log_warning("Mounting an empty tree; the scan will fill it");
                 r = tree_new_empty(&tree);
@@ -1244,9 +1392,9 @@ static int manager_startup(Manager *m) {
         if (r < 0)
                 return log_error_errno(r, "Failed to start the FUSE workers: %m");
 
-        log_info("Mounted %s with %" PRIu64 " tracks from the catalog in %.0f ms (%.0f ms CPU)%s",
-                 m->config.mountpoint, m->track_count, (double) (now_usec() - t0) / 1000.0,
-                 (double) (cpu_usec() - cpu0) / 1000.0,
+        log_info("Mounted %s with %" PRIu64 " tracks from the catalog%s in %.0f ms (%.0f ms CPU)%s",
+                 m->config.mountpoint, m->track_count, from_snapshot ? " (its tree snapshot)" : "",
+                 (double) (now_usec() - t0) / 1000.0, (double) (cpu_usec() - cpu0) / 1000.0,
                  m->first_scan ? " (first scan: the tree fills as it proceeds)" : "");
         return 0;
 }
@@ -1513,7 +1661,9 @@ static void worker_rebuild(Manager *m) {
         m->rebuild_requested = false;
         pthread_mutex_unlock(&m->lock);
 
-        r = manager_build_tree(m, m->template, &tree, NULL, &counts, &n_counts);
+        _cleanup_free_ char *inputs = NULL;
+        uint64_t changes = UINT64_MAX;
+        r = manager_build_tree(m, m->template, &tree, NULL, &counts, &n_counts, &inputs, &changes);
         if (r < 0) {
                 log_warning("Keeping the current tree");
                 return;
@@ -1538,6 +1688,9 @@ static void worker_rebuild(Manager *m) {
         m->counts = counts;
         m->n_counts = n_counts;
         m->counts_changed = true;
+        free(m->tree_inputs);
+        m->tree_inputs = TAKE_PTR(inputs);
+        m->tree_changes = changes;
         pthread_mutex_unlock(&m->lock);
 
         atomic_store(&m->published_tracks, tree_track_count(published));
@@ -1796,6 +1949,15 @@ static void *worker_main(void *userdata) {
                 if (m->n_removals > 0) {
                         pthread_mutex_unlock(&m->lock);
                         worker_process_removals(m, 0);
+                        pthread_mutex_lock(&m->lock);
+                        continue;
+                }
+
+                /* Before the scans: a new template, or the tree read from a snapshot, is checked
+                 * against the catalog first, not after a rescan that can take minutes. */
+                if (m->rebuild_requested) {
+                        pthread_mutex_unlock(&m->lock);
+                        worker_rebuild(m);
                         pthread_mutex_lock(&m->lock);
                         continue;
                 }
@@ -2762,10 +2924,16 @@ static void *stopper_main(void *userdata) {
         m->fs = NULL;
         manager_close_cache(m);
         uint64_t t2 = now_usec();
-        catalog_close(m->catalog);
+        bool tree_current = manager_tree_current(m);
+        _cleanup_free_ char *catalog_identity = catalog_close_vouched(m->catalog);
         m->catalog = NULL;
-        log_debug("Stopped the scan in %.0f ms, FUSE and the cache in %.0f ms, closed the catalog in %.0f ms",
-                  (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0, (double) (now_usec() - t2) / 1000.0);
+        uint64_t t3 = now_usec();
+        if (tree_current && catalog_identity)
+                manager_snapshot_save(m, catalog_identity);
+        log_debug("Stopped the scan in %.0f ms, FUSE and the cache in %.0f ms, closed the catalog in %.0f ms, "
+                  "%s the tree snapshot in %.0f ms", (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0,
+                  (double) (t3 - t2) / 1000.0, tree_current && catalog_identity ? "wrote" : "skipped",
+                  (double) (now_usec() - t3) / 1000.0);
 
         if (eventfd_write(m->stop_efd, 1) < 0)
                 log_error_errno(errno, "Failed to tell the event loop that the stop is done: %m");
@@ -3421,6 +3589,7 @@ void manager_free(Manager *m) {
         catalog_close(m->catalog);
         template_free(m->template);
         template_free(m->pending_template);
+        free(m->tree_inputs);
         config_free(&m->config);
         manager_args_free(&m->args);
 

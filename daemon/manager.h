@@ -225,6 +225,12 @@ struct Manager {
         size_t n_removals_done;
         ScanFinished *finished;         /* under lock: scans that ended, for ScanFinished */
         size_t n_finished;
+        /* Under lock: what the published tree was built from besides the catalog (template and
+         * origins, manager_tree_inputs()) and the catalog's change count once it was built. A clean
+         * stop writes a tree that is still what the catalog would build as a snapshot, which the
+         * next start reads instead of building (D6 at any size). */
+        char *tree_inputs;
+        uint64_t tree_changes;
         OriginCount *counts;            /* under lock: files per origin in the last published tree */
         size_t n_counts;
         bool counts_changed;            /* under lock */

@@ -198,6 +198,10 @@ struct Catalog {
         sqlite3_stmt *statements[_STMT_MAX];
         CatalogBatch *batch;    /* the open batch, if any */
         bool corrupt_seen;      /* never vouch for this file with a clean-close marker */
+        char *clean_identity;   /* the marker this open found matching, or NULL */
+        /* Files rows added, changed or removed through this connection (catalog_content_changes()):
+         * counted when the statement ran, so a batch rolled back later still counts. */
+        _Atomic uint64_t content_changes;
         /* Search reads on a connection of their own (read-only, opened on first use): WAL lets them
          * run while a batch writes, so a search never waits for a scan. search_lock guards it. */
         pthread_mutex_t search_lock;
@@ -400,10 +404,15 @@ static void catalog_free(Catalog *c) {
         if (c->search_db)
                 (void) sqlite3_close(c->search_db);
         pthread_mutex_destroy(&c->search_lock);
+        free(c->clean_identity);
         free(c->path);
         free(c);
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Catalog *, catalog_free);
+
+static void content_changed(Catalog *c, uint64_t n) {
+        atomic_fetch_add_explicit(&c->content_changes, n, memory_order_relaxed);
+}
 
 static int catalog_user_version(Catalog *c, int *ret) {
         sqlite3_stmt *s;
@@ -544,22 +553,36 @@ static char *clean_marker_path(const char *path) {
         return asprintf(&p, "%s.clean", path) < 0 ? NULL : p;
 }
 
-static void clean_marker_write(const char *path) {
-        _cleanup_free_ char *marker = clean_marker_path(path);
+static char *file_identity(const struct stat *st) {
+        char *p = NULL;
+        return asprintf(&p, "%llu %llu %lld %lld %ld", (unsigned long long) st->st_dev, (unsigned long long) st->st_ino,
+                        (long long) st->st_size, (long long) st->st_mtim.tv_sec, st->st_mtim.tv_nsec) < 0 ? NULL : p;
+}
+
+/* Returns the identity written, or NULL when no marker could be written. */
+static char *clean_marker_write(const char *path) {
+        _cleanup_free_ char *marker = clean_marker_path(path), *identity = NULL;
         _cleanup_fclose_ FILE *f = NULL;
         struct stat st;
 
         if (!marker || stat(path, &st) < 0)
-                return;
+                return NULL;
+        identity = file_identity(&st);
+        if (!identity)
+                return NULL;
         f = fopen(marker, "we");
         if (!f)
-                return;
-        fprintf(f, "%llu %llu %lld %lld %ld\n", (unsigned long long) st.st_dev, (unsigned long long) st.st_ino,
-                (long long) st.st_size, (long long) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+                return NULL;
+        if (fprintf(f, "%s\n", identity) < 0 || fflush(f) != 0) {
+                (void) unlink(marker);
+                return NULL;
+        }
+        return TAKE_PTR(identity);
 }
 
-/* True when the marker matched; the marker is gone afterwards either way. */
-static bool clean_marker_consume(const char *path) {
+/* The identity the marker named when it matched, else NULL; the marker is gone afterwards either
+ * way. */
+static char *clean_marker_consume(const char *path) {
         _cleanup_free_ char *marker = clean_marker_path(path), *wal = NULL;
         _cleanup_fclose_ FILE *f = NULL;
         unsigned long long dev, ino;
@@ -569,17 +592,17 @@ static bool clean_marker_consume(const char *path) {
         bool clean;
 
         if (!marker)
-                return false;
+                return NULL;
         f = fopen(marker, "re");
         if (!f)
-                return false;
+                return NULL;
         clean = fscanf(f, "%llu %llu %lld %lld %ld", &dev, &ino, &size, &sec, &nsec) == 5 &&
                 stat(path, &st) == 0 && st.st_dev == dev && st.st_ino == ino && st.st_size == size &&
                 st.st_mtim.tv_sec == sec && st.st_mtim.tv_nsec == nsec &&
                 asprintf(&wal, "%s-wal", path) >= 0 && access(wal, F_OK) < 0 && errno == ENOENT;
         if (unlink(marker) < 0 && errno != ENOENT)
                 clean = false;  /* it would vouch for the file again next time */
-        return clean;
+        return clean ? file_identity(&st) : NULL;
 }
 
 int catalog_open(const char *path, Catalog **ret) {
@@ -618,7 +641,8 @@ int catalog_open(const char *path, Catalog **ret) {
         c->path = strdup(path);
         if (!c->path)
                 return log_error_errno(ENOMEM, "Catalog %s: out of memory", path);
-        bool closed_cleanly = clean_marker_consume(path);
+        c->clean_identity = clean_marker_consume(path);
+        bool closed_cleanly = c->clean_identity != NULL;
 
         /* NOMUTEX: our own mutex already serialises every use of the connection. */
         rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -737,10 +761,22 @@ int catalog_open_or_rebuild(const char *path, Catalog **ret, bool *ret_rebuilt) 
 }
 
 void catalog_close(Catalog *c) {
+        free(catalog_close_vouched(c));
+}
+
+const char *catalog_clean_identity(const Catalog *c) {
+        return c ? c->clean_identity : NULL;
+}
+
+uint64_t catalog_content_changes(Catalog *c) {
+        return c ? atomic_load_explicit(&c->content_changes, memory_order_relaxed) : UINT64_MAX;
+}
+
+char *catalog_close_vouched(Catalog *c) {
         int rc, r;
 
         if (!c)
-                return;
+                return NULL;
 
         /* A background rebuild of the search index would hold the stop up: interrupt it (the index
          * stays damaged and is rebuilt again when a search meets it). */
@@ -760,7 +796,7 @@ void catalog_close(Catalog *c) {
                 catalog_rollback(c);
                 free(TAKE_PTR(c->batch));
         } else if (r < 0)
-                return;
+                return NULL;
 
         (void) sqlite3_exec(c->db, "PRAGMA optimize", NULL, NULL, NULL);
         rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
@@ -774,8 +810,7 @@ void catalog_close(Catalog *c) {
                                     strdup(c->path) : NULL;
         catalog_free(c);
         /* After the close: the last connection's close may still touch the file. */
-        if (path)
-                clean_marker_write(path);
+        return path ? clean_marker_write(path) : NULL;
 }
 
 int catalog_checkpoint(Catalog *c) {
@@ -861,6 +896,7 @@ int catalog_origin_remove(Catalog *c, const char *name) {
                 return catalog_error(c, rc, "origin remove");
         if (sqlite3_changes(c->db) == 0)
                 return -ENOENT;
+        content_changed(c, 1);
         log_debug("Catalog %s: removed origin %s and its files", c->path, name);
         return 0;
 }
@@ -1203,6 +1239,7 @@ int catalog_scan_finish(Catalog *c, int64_t origin_id, int64_t generation, uint6
         rc = sqlite3_step(s);
         if (rc != SQLITE_DONE)
                 return catalog_error(c, rc, "scan finish");
+        content_changed(c, (uint64_t) sqlite3_changes64(c->db));
         if (ret_removed)
                 *ret_removed = (uint64_t) sqlite3_changes64(c->db);
         return 0;
@@ -1284,6 +1321,7 @@ int catalog_batch_upsert(CatalogBatch *b, const CatalogFile *f, int64_t generati
         rc = sqlite3_step(s);
         if (rc != SQLITE_DONE)
                 return batch_failed(b, catalog_error(c, rc, "upsert"));
+        content_changed(c, 1);
         return 0;
 }
 
@@ -1556,7 +1594,10 @@ int catalog_batch_remove(CatalogBatch *b, int64_t origin_id, const char *rel_pat
         rc = sqlite3_step(s);
         if (rc != SQLITE_DONE)
                 return batch_failed(b, catalog_error(c, rc, "remove"));
-        return sqlite3_changes(c->db) == 0 ? -ENOENT : 0;
+        if (sqlite3_changes(c->db) == 0)
+                return -ENOENT;
+        content_changed(c, 1);
+        return 0;
 }
 
 /* The rows at prefix itself (a file) and below "prefix/" (a directory), as two index ranges: a
@@ -1654,6 +1695,7 @@ int catalog_scan_finish_under(Catalog *c, int64_t origin_id, const char *prefix,
         rc = sqlite3_step(s);
         if (rc != SQLITE_DONE)
                 return catalog_error(c, rc, "scan finish");
+        content_changed(c, (uint64_t) sqlite3_changes64(c->db));
         if (ret_removed)
                 *ret_removed = (uint64_t) sqlite3_changes64(c->db);
         return 0;

@@ -49,6 +49,19 @@ int catalog_open(const char *path, Catalog **ret);
 int catalog_open_or_rebuild(const char *path, Catalog **ret, bool *ret_rebuilt);
 /* Checkpoints the WAL (TRUNCATE) and closes. NULL is fine. */
 void catalog_close(Catalog *c);
+/* catalog_close(), returning the identity of the file (device, inode, size, mtime, as a string) that
+ * its clean-close marker vouches for: the next open that finds the file so returns the same string
+ * from catalog_clean_identity(). NULL when no marker was left (a damaged file, a check still due, an
+ * error), so nothing may be keyed on this state of the file. */
+char *catalog_close_vouched(Catalog *c);
+/* The identity of the file as the last clean close left it, when this open found it untouched since;
+ * NULL otherwise. Owned by the catalog. */
+const char *catalog_clean_identity(const Catalog *c);
+/* Files rows added, changed or removed (and origins removed) through this catalog since it was
+ * opened: what a tree is built from. Equal values mean none of that was written in between; the
+ * bookkeeping of a rescan that found nothing new (touches, checkpoints) does not count. UINT64_MAX
+ * for NULL. */
+uint64_t catalog_content_changes(Catalog *c);
 int catalog_checkpoint(Catalog *c);
 int catalog_quick_check(Catalog *c);    /* 0 or -EBADMSG */
 

@@ -76,6 +76,7 @@ typedef struct Segment {
 struct Template {
         Segment *segments;
         size_t n_segments;
+        char *spec;
 };
 
 static bool is_ascii_space(char c) {
@@ -102,9 +103,14 @@ void template_free(Template *t) {
                 free(t->segments[i].parts);
         }
         free(t->segments);
+        free(t->spec);
         free(t);
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Template *, template_free);
+
+const char *template_spec(const Template *t) {
+        return t ? t->spec : NULL;
+}
 
 static int reason_set(char **ret_reason, const char *format, ...) _printf_(2, 3);
 static int reason_set(char **ret_reason, const char *format, ...) {
@@ -270,6 +276,9 @@ int template_parse(const char *spec, Template **ret, char **ret_reason) {
 
         t = calloc(1, sizeof(Template));
         if (!t)
+                return -ENOMEM;
+        t->spec = strdup(spec);
+        if (!t->spec)
                 return -ENOMEM;
 
         while (i <= len) {

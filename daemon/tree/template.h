@@ -18,6 +18,8 @@ typedef struct Template Template;
 /* -EINVAL with a reason ("unknown field {foo} at column 3") on a bad template. */
 int template_parse(const char *spec, Template **ret, char **ret_reason);
 void template_free(Template *t);
+/* The text the template was parsed from. */
+const char *template_spec(const Template *t);
 
 typedef struct TemplateInput {
         const TrackTags *tags;
