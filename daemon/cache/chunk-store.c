@@ -24,6 +24,7 @@
 
 #include "chunk-store.h"
 #include "failpoint.h"
+#include "io-util.h"
 #include "log.h"
 #include "macro.h"
 
@@ -91,43 +92,6 @@ static bool is_chunk_name(const char *xx, const char *name, ChunkId *ret) {
         if (strncmp(name, xx, 2) != 0)
                 return false;
         return chunk_id_from_hex(name, ret) >= 0;
-}
-
-static int write_full(int fd, const void *data, size_t len) {
-        const uint8_t *p = data;
-
-        while (len > 0) {
-                ssize_t n = write(fd, p, len);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return negative_errno();
-                }
-                if (n == 0)
-                        return -EIO;
-                p += n;
-                len -= (size_t) n;
-        }
-        return 0;
-}
-
-/* Reads up to len bytes; fewer only at the end of the file. */
-static ssize_t read_full(int fd, void *buf, size_t len) {
-        uint8_t *p = buf;
-        size_t got = 0;
-
-        while (got < len) {
-                ssize_t n = read(fd, p + got, len - got);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return negative_errno();
-                }
-                if (n == 0)
-                        break;
-                got += (size_t) n;
-        }
-        return (ssize_t) got;
 }
 
 static int fsync_dirat(int dir_fd, const char *name) {
@@ -363,7 +327,7 @@ int chunk_batch_add(ChunkBatch *b, const ChunkId *id, const void *data, size_t l
         if (fd < 0)
                 return log_debug_errno(fd, "Failed to create %s/%s: %m", s->dir, e->tmp);
 
-        r = write_full(fd, data, len);
+        r = loop_write(fd, data, len);
         if (r >= 0 && close(TAKE_FD(fd)) < 0)
                 r = negative_errno();
         if (r < 0) {
@@ -521,7 +485,7 @@ ssize_t chunk_store_read_fd(ChunkStore *s, const ChunkId *id, int fd, void *buf,
         }
 
         /* From offset 0, where a prefetch that opened it left it. */
-        ssize_t n = read_full(fd, buf, (size_t) st.st_size);
+        ssize_t n = loop_read(fd, buf, (size_t) st.st_size);
         if (n < 0)
                 return log_debug_errno((int) n, "Failed to read chunk %s/%s: %m", s->dir, path);
         /* A file that shrank under us reads short; its hash tells. */
@@ -760,7 +724,7 @@ int chunk_store_probe(ChunkStore *s) {
         if (fd < 0)
                 return log_debug_errno(errno, "Health probe: failed to create %s/%s: %m", s->dir, name);
 
-        int r = write_full(fd, out, sizeof out);
+        int r = loop_write(fd, out, sizeof out);
         if (r < 0)
                 log_debug_errno(r, "Health probe: failed to write %s/%s: %m", s->dir, name);
         if (r >= 0 && fsync(fd) < 0)
@@ -768,7 +732,7 @@ int chunk_store_probe(ChunkStore *s) {
         if (r >= 0 && lseek(fd, 0, SEEK_SET) < 0)
                 r = negative_errno();
         if (r >= 0) {
-                ssize_t n = read_full(fd, in, sizeof in);
+                ssize_t n = loop_read(fd, in, sizeof in);
                 if (n < 0)
                         r = log_debug_errno((int) n, "Health probe: failed to read back %s/%s: %m", s->dir, name);
                 else if ((size_t) n != sizeof in || memcmp(in, out, sizeof in) != 0)
