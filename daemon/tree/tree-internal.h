@@ -3,6 +3,7 @@
 /* What a Tree is made of, shared by the builder (tree.c) and the snapshot (tree-snapshot.c), which
  * writes a tree's arrays to a file and reads them back. Nothing outside daemon/tree includes this. */
 #include <stdatomic.h>
+#include <stdbool.h>
 
 #include "macro.h"
 #include "tree.h"
@@ -39,6 +40,9 @@ struct Tree {
         Arena strings;
 };
 
+/* An array of n elements, zeroed or not, freed with free(); large ones are aligned and advised for
+ * huge pages. NULL when out of memory. */
+void *tree_alloc_array(size_t n, size_t size, bool zero);
 /* A tree of n_nodes zeroed nodes and nothing else, one reference. */
 int tree_alloc(size_t n_nodes, Tree **ret);
 void tree_free(Tree *t);

@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io-util.h"
 #include "log.h"
 #include "tree-internal.h"
 #include "tree-snapshot.h"
@@ -43,28 +46,12 @@ typedef struct Writer {
         int error;
 } Writer;
 
-static int write_all(int fd, const void *p, size_t n) {
-        const uint8_t *b = p;
-
-        while (n > 0) {
-                ssize_t k = write(fd, b, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                b += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 static void writer_flush(Writer *w) {
         if (w->error == 0 && w->used > 0) {
                 if (EVP_DigestUpdate(w->md, w->buf, w->used) != 1)
                         w->error = -ENOMEM;
                 else
-                        w->error = write_all(w->fd, w->buf, w->used);
+                        w->error = loop_write(w->fd, w->buf, w->used);
         }
         w->used = 0;
 }
@@ -192,7 +179,7 @@ int tree_snapshot_write(const char *path, const Tree *t, const void *key, size_t
         if (fd < 0)
                 return -errno;
         /* The header goes last, with the digest: until then the file is refused by its magic. */
-        r = write_all(fd, &(SnapshotHeader) {}, sizeof h);
+        r = loop_write(fd, &(SnapshotHeader) {}, sizeof h);
         if (r < 0)
                 goto fail;
 
@@ -232,27 +219,69 @@ fail:
 
 typedef struct Reader {
         int fd;
-        EVP_MD_CTX *md;
         uint8_t *buf;
 } Reader;
 
 static int reader_get(Reader *rd, void *p, size_t n) {
-        uint8_t *b = p;
-        size_t left = n;
+        ssize_t k = loop_read(rd->fd, p, n);
 
-        while (left > 0) {
-                ssize_t k = read(rd->fd, b, left);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EBADMSG;        /* shorter than its header says */
-                b += k;
-                left -= (size_t) k;
+        if (k < 0)
+                return (int) k;
+        return (size_t) k == n ? 0 : -EBADMSG;  /* shorter than its header says */
+}
+
+/* The digest is checked on a thread of its own, reading the file through its own offsets, while the
+ * caller's thread reads and converts the same bytes: at a million tracks hashing 170 MB is ~100 ms,
+ * as long as the rest together. */
+typedef struct DigestCheck {
+        int fd;
+        uint64_t offset, len;
+        const uint8_t *want;
+        atomic_bool cancel;
+        int result;             /* 0: the digest matches; -EBADMSG: it does not; -ECANCELED */
+} DigestCheck;
+
+static int digest_check_run(DigestCheck *c) {
+        _cleanup_free_ uint8_t *buf = malloc(SNAPSHOT_IO_BUF);
+        uint8_t digest[32];
+        unsigned digest_len = 0;
+        int r = 0;
+
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        if (!buf || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+                EVP_MD_CTX_free(md);
+                return -ENOMEM;
         }
-        return EVP_DigestUpdate(rd->md, p, n) == 1 ? 0 : -ENOMEM;
+        for (uint64_t done = 0; r == 0 && done < c->len;) {
+                if (atomic_load_explicit(&c->cancel, memory_order_relaxed)) {
+                        r = -ECANCELED;
+                        break;
+                }
+                size_t want = c->len - done < SNAPSHOT_IO_BUF ? (size_t) (c->len - done) : SNAPSHOT_IO_BUF;
+                ssize_t k = pread(c->fd, buf, want, (off_t) (c->offset + done));
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        r = -errno;
+                else if (k == 0)
+                        r = -EBADMSG;
+                else if (EVP_DigestUpdate(md, buf, (size_t) k) != 1)
+                        r = -ENOMEM;
+                else
+                        done += (uint64_t) k;
+        }
+        if (r == 0 && (EVP_DigestFinal_ex(md, digest, &digest_len) != 1 || digest_len != sizeof digest))
+                r = -ENOMEM;
+        EVP_MD_CTX_free(md);
+        if (r == 0 && memcmp(digest, c->want, sizeof digest) != 0)
+                r = -EBADMSG;
+        return r;
+}
+
+static void *digest_check_main(void *userdata) {
+        DigestCheck *c = userdata;
+        c->result = digest_check_run(c);
+        return NULL;
 }
 
 static bool mul_add(uint64_t *acc, uint64_t n, uint64_t size) {
@@ -365,30 +394,30 @@ static int read_replicas(Reader *rd, const SnapshotHeader *h, Tree *t) {
 
 /* The arrays hold together as a tree: every node but the root is the child of exactly one directory
  * and names that directory as its parent, so walking up from any node ends at the root; children are
- * sorted as lookups expect; the file index points at files and is sorted. */
+ * sorted as lookups expect; the file index points at files and is sorted. The checks that read the
+ * nodes go through the directories in array order (a walk in tree order reads them ~10 % slower at a
+ * million tracks); the walk from the root that proves them connected reads only the child arrays. */
 static int tree_check(const Tree *t) {
         _cleanup_free_ uint8_t *seen = calloc(t->n_nodes, 1);
+        _cleanup_free_ uint32_t *stack = malloc(t->n_nodes * sizeof *stack);
         const TreeNode *root = t->nodes;
+        size_t top = 0, reached = 0;
 
-        if (!seen)
+        if (!seen || !stack)
                 return -ENOMEM;
         if (!root->is_dir || root->ino != TREE_ROOT_INO || root->parent != TREE_ROOT_INO)
                 return -EBADMSG;
         for (size_t i = 0; i < t->n_nodes; i++) {
                 const TreeNode *d = t->nodes + i;
                 for (uint32_t j = 0; j < d->n_children; j++) {
-                        size_t c = node_index(t, d->children[j]);
-                        if (seen[c]++ || d->children[j]->parent != d->ino ||
-                            (j > 0 && strcmp(d->children[j - 1]->name, d->children[j]->name) >= 0))
+                        const TreeNode *c = d->children[j];
+                        if (seen[node_index(t, c)]++ || c->parent != d->ino ||
+                            (j > 0 && strcmp(d->children[j - 1]->name, c->name) >= 0))
                                 return -EBADMSG;
                 }
         }
-        /* Each child once, the root never: together with the parent check that is a tree, but only
-         * if it is connected: a directory cycle off the root would also pass. Walk from the root. */
-        _cleanup_free_ uint32_t *stack = malloc(t->n_nodes * sizeof *stack);
-        size_t top = 0, reached = 0;
-        if (!stack)
-                return -ENOMEM;
+        /* Each node a child once, the root never: with the parents above that is a tree, if it is
+         * connected; a cycle of directories off the root would pass too. */
         memset(seen, 0, t->n_nodes);
         stack[top++] = 0;
         seen[0] = 1;
@@ -422,8 +451,6 @@ int tree_snapshot_read(const char *path, const void *key, size_t key_len, Tree *
         _cleanup_close_ int fd = -1;
         SnapshotHeader h;
         struct stat st;
-        uint8_t digest[32];
-        unsigned digest_len = 0;
         int r;
 
         if (!path || !ret || (key_len > 0 && !key))
@@ -453,11 +480,13 @@ int tree_snapshot_read(const char *path, const void *key, size_t key_len, Tree *
         annex = h.annex_len ? malloc(h.annex_len) : NULL;
         if (!buf || !got_key || (h.annex_len && !annex))
                 return -ENOMEM;
-        Reader rd = { .fd = fd, .buf = buf, .md = EVP_MD_CTX_new() };
-        if (!rd.md || EVP_DigestInit_ex(rd.md, EVP_sha256(), NULL) != 1) {
-                EVP_MD_CTX_free(rd.md);
-                return -ENOMEM;
-        }
+        Reader rd = { .fd = fd, .buf = buf };
+
+        /* From here to the join, no return: the thread uses fd and check. */
+        DigestCheck check = { .fd = fd, .offset = sizeof h, .len = (uint64_t) st.st_size - sizeof h,
+                              .want = h.digest };
+        pthread_t thread;
+        bool threaded = pthread_create(&thread, NULL, digest_check_main, &check) == 0;
 
         r = reader_get(&rd, got_key, key_len);
         if (r >= 0 && memcmp(got_key, key, key_len) != 0)
@@ -465,14 +494,18 @@ int tree_snapshot_read(const char *path, const void *key, size_t key_len, Tree *
         if (r >= 0)
                 r = reader_get(&rd, annex, h.annex_len);
         if (r >= 0)
-                r = tree_alloc(h.n_nodes, &t);
+                r = tree_alloc(1, &t);
         if (r >= 0) {
+                /* Every element below is written before it is read: no zeroing. */
+                free(t->nodes);
+                t->nodes = tree_alloc_array(h.n_nodes, sizeof *t->nodes, false);
+                t->n_nodes = h.n_nodes;
                 t->n_files = h.n_files;
-                t->strings.head = malloc(sizeof(ArenaBlock) + h.strings_len);
-                t->children = calloc(h.n_children ? h.n_children : 1, sizeof *t->children);
-                t->replicas = calloc(h.n_replicas ? h.n_replicas : 1, sizeof *t->replicas);
-                t->files_by_id = calloc(h.n_file_ids ? h.n_file_ids : 1, sizeof *t->files_by_id);
-                if (!t->strings.head || !t->children || !t->replicas || !t->files_by_id)
+                t->strings.head = tree_alloc_array(1, sizeof(ArenaBlock) + h.strings_len, false);
+                t->children = tree_alloc_array(h.n_children, sizeof *t->children, false);
+                t->replicas = tree_alloc_array(h.n_replicas, sizeof *t->replicas, false);
+                t->files_by_id = tree_alloc_array(h.n_file_ids, sizeof *t->files_by_id, false);
+                if (!t->nodes || !t->strings.head || !t->children || !t->replicas || !t->files_by_id)
                         r = -ENOMEM;
         }
         if (r >= 0) {
@@ -492,13 +525,17 @@ int tree_snapshot_read(const char *path, const void *key, size_t key_len, Tree *
                 r = reader_get(&rd, t->files_by_id, h.n_file_ids * sizeof *t->files_by_id);
                 t->n_files_by_id = h.n_file_ids;
         }
-        if (r >= 0 && (EVP_DigestFinal_ex(rd.md, digest, &digest_len) != 1 || digest_len != sizeof digest))
-                r = -ENOMEM;
-        EVP_MD_CTX_free(rd.md);
+
+        if (r < 0)
+                atomic_store(&check.cancel, true);
+        if (threaded)
+                (void) pthread_join(thread, NULL);
+        else if (r >= 0)
+                check.result = digest_check_run(&check);
         if (r < 0)
                 return r;
-        if (memcmp(digest, h.digest, sizeof digest) != 0)
-                return -EBADMSG;
+        if (check.result < 0)
+                return check.result;
 
         r = tree_check(t);
         if (r < 0)
