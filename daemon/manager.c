@@ -36,6 +36,7 @@
 #include "manager.h"
 #include "polkit.h"
 #include "scanner.h"
+#include "time-util.h"
 #include "tree-snapshot.h"
 
 /* A clean stop must be over well within 10 s; past this the mount is detached and we exit 1. */
@@ -60,24 +61,6 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Template *, template_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Tree *, tree_unref);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Origin *, origin_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
-
-static uint64_t cpu_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
-}
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
-}
-
-static uint64_t realtime_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
-}
 
 static int strdup_to(char **dst, const char *src) {
         char *copy = NULL;
@@ -695,17 +678,17 @@ static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_
         /* The rows stream into the builder, which keeps only what the tree needs of each (the whole
          * rows with their tags were the largest transient cost of a build, ~50 MB at 100k tracks).
          * Inode numbers come from the catalog after the walk, once its lock is free again. */
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         r = catalog_foreach_file(m->catalog, tree_row, &rows);
         if (r < 0)
                 log_warning_errno(r, "Failed to load the catalog: %m");
-        uint64_t t1 = now_usec();
+        uint64_t t1 = now_usec(CLOCK_MONOTONIC);
         if (r >= 0) {
                 r = tree_builder_finish(rows.builder, m->catalog, tpl, ret);
                 if (r < 0)
                         log_warning_errno(r, "Failed to build the tree: %m");
         }
-        uint64_t t2 = now_usec();
+        uint64_t t2 = now_usec(CLOCK_MONOTONIC);
         tree_builder_free(rows.builder);
         /* glibc keeps freed heap for reuse, which would count against the daemon's RSS until the
          * next build */
@@ -715,7 +698,7 @@ static int manager_build_tree(Manager *m, const Template *tpl, Tree **ret, size_
                 return r;
         }
         log_debug("Read %zu files in %.0f ms, built the tree in %.0f ms, freed the rows in %.0f ms", rows.n_files,
-                  (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0, (double) (now_usec() - t2) / 1000.0);
+                  (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0, (double) (now_usec(CLOCK_MONOTONIC) - t2) / 1000.0);
         if (ret_n_files)
                 *ret_n_files = rows.n_files;
         *ret_counts = rows.counts;
@@ -772,7 +755,7 @@ static int manager_snapshot_load(Manager *m, Tree **ret) {
         key = inputs ? manager_snapshot_key(identity, inputs) : NULL;
         if (!key)
                 return -ENOMEM;
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         r = tree_snapshot_read(path, key, strlen(key), &tree, &annex, &annex_len);
         if (r == 0 && annex_len % sizeof(OriginCount) != 0) {
                 tree_unref(TAKE_PTR(tree));
@@ -790,7 +773,7 @@ static int manager_snapshot_load(Manager *m, Tree **ret) {
                 return log_warning_errno(r, "Failed to read the tree snapshot %s, building the tree from the catalog: %m",
                                          path);
         log_debug("Read the tree snapshot (%" PRIu64 " tracks) in %.0f ms", tree_track_count(tree),
-                  (double) (now_usec() - t0) / 1000.0);
+                  (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1000.0);
 
         free(m->counts);
         m->counts = TAKE_PTR(annex);
@@ -818,7 +801,7 @@ static bool manager_tree_current(Manager *m) {
 static void manager_snapshot_save(Manager *m, const char *catalog_identity) {
         _cleanup_free_ char *path = manager_snapshot_path(m), *key = NULL;
         _cleanup_(tree_unrefp) Tree *tree = tree_store_get(m->trees);
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         int r;
 
         key = path ? manager_snapshot_key(catalog_identity, m->tree_inputs) : NULL;
@@ -831,7 +814,7 @@ static void manager_snapshot_save(Manager *m, const char *catalog_identity) {
                 log_warning_errno(r, "Failed to write the tree snapshot %s, the next start builds the tree: %m", path);
         else
                 log_debug("Wrote the tree snapshot (%" PRIu64 " tracks) in %.0f ms", tree_track_count(tree),
-                          (double) (now_usec() - t0) / 1000.0);
+                          (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1000.0);
 }
 
 /* ---- the chunk cache ---- */
@@ -886,11 +869,11 @@ static int manager_open_cache(Manager *m) {
                 .unclean_start = unclean,
                 .maintenance_interval_sec = m->config.cache_maintenance_sec,
         };
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         r = cache_open(&opts, m->origins, on_cache_state, m, &m->cache);
         if (r < 0)
                 return log_error_errno(r, "Failed to open the chunk cache in %s: %m", dir);
-        log_debug("Opened the chunk cache in %.0f ms%s", (double) (now_usec() - t0) / 1000.0,
+        log_debug("Opened the chunk cache in %.0f ms%s", (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1000.0,
                   unclean ? " (after an unclean stop: index probed)" : "");
 
         CacheStats st = {};
@@ -1060,7 +1043,7 @@ static void cache_verify_job_free(CacheVerifyJob *j) {
 
 static void *cache_verify_main(void *userdata) {
         CacheVerifyJob *j = userdata;
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
 
         j->result = cache_verify(j->cache, j->repair, &j->res);
         if (j->result < 0)
@@ -1068,7 +1051,7 @@ static void *cache_verify_main(void *userdata) {
         else
                 log_info("Cache %s in %.1f s: %" PRIu64 " chunks checked, %" PRIu64 " bad, %" PRIu64 " missing, %" PRIu64
                          " orphans, %" PRIu64 " repaired", j->repair ? "repaired" : "verified",
-                         (double) (now_usec() - t0) / 1e6, j->res.checked, j->res.bad, j->res.missing, j->res.orphans,
+                         (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1e6, j->res.checked, j->res.bad, j->res.missing, j->res.orphans,
                          j->res.repaired);
 
         pthread_mutex_lock(&j->lock);
@@ -1311,7 +1294,7 @@ static int manager_startup(Manager *m) {
         if (r < 0)
                 return r;
 
-        uint64_t t0 = now_usec(), cpu0 = cpu_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC), cpu0 = now_usec(CLOCK_PROCESS_CPUTIME_ID);
 
         /* 3. Catalog and origins. */
         if (asprintf(&catalog_path, "%s/catalog.db", m->config.cache_dir) < 0)
@@ -1319,7 +1302,7 @@ static int manager_startup(Manager *m) {
         r = catalog_open_or_rebuild(catalog_path, &m->catalog, &m->catalog_rebuilt);
         if (r < 0)
                 return log_error_errno(r, "Failed to open catalog %s: %m", catalog_path);
-        log_debug("Opened the catalog in %.0f ms", (double) (now_usec() - t0) / 1000.0);
+        log_debug("Opened the catalog in %.0f ms", (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1000.0);
         if (m->catalog_rebuilt)
                 log_warning("Catalog %s was corrupt and has been rebuilt; rescanning every origin", catalog_path);
 
@@ -1394,7 +1377,7 @@ static int manager_startup(Manager *m) {
 
         log_info("Mounted %s with %" PRIu64 " tracks from the catalog%s in %.0f ms (%.0f ms CPU)%s",
                  m->config.mountpoint, m->track_count, from_snapshot ? " (its tree snapshot)" : "",
-                 (double) (now_usec() - t0) / 1000.0, (double) (cpu_usec() - cpu0) / 1000.0,
+                 (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1000.0, (double) (now_usec(CLOCK_PROCESS_CPUTIME_ID) - cpu0) / 1000.0,
                  m->first_scan ? " (first scan: the tree fills as it proceeds)" : "");
         return 0;
 }
@@ -1500,7 +1483,7 @@ static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata);
  * every PROGRESS_INTERVAL_USEC, and the last value always, from a timer. */
 static void manager_emit_progress(Manager *m) {
         bool origin_changed = !streq_ptr(m->progress_origin, m->emitted_origin);
-        uint64_t now = now_usec();
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
         int r;
 
         if (!origin_changed && m->progress_files == m->emitted_files && m->progress_known == m->emitted_known)
@@ -1650,7 +1633,7 @@ static void worker_rebuild(Manager *m) {
         _cleanup_(tree_unrefp) Tree *tree = NULL;
         OriginCount *counts = NULL;
         size_t n_counts = 0;
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         int r;
 
         pthread_mutex_lock(&m->lock);
@@ -1695,7 +1678,7 @@ static void worker_rebuild(Manager *m) {
 
         atomic_store(&m->published_tracks, tree_track_count(published));
         log_debug("Published a tree of %" PRIu64 " tracks in %.0f ms", tree_track_count(published),
-                  (double) (now_usec() - t0) / 1000.0);
+                  (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1000.0);
         worker_notify(m);
 }
 
@@ -1779,9 +1762,9 @@ static void on_batch_committed(const ScanStats *stats, void *userdata) {
         /* A RemoveOrigin of another origin does not wait for the end of this scan. */
         worker_process_removals(m, c->origin_id);
 
-        if (c->publish_while_scanning && now_usec() - c->last_publish >= FIRST_SCAN_PUBLISH_USEC) {
+        if (c->publish_while_scanning && now_usec(CLOCK_MONOTONIC) - c->last_publish >= FIRST_SCAN_PUBLISH_USEC) {
                 worker_rebuild(m);
-                c->last_publish = now_usec();
+                c->last_publish = now_usec(CLOCK_MONOTONIC);
         }
 }
 
@@ -1817,7 +1800,7 @@ static void worker_finished(Manager *m, const Origin *o, int result, const ScanS
 static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
         Origin *o = origin_set_get_ref(m->origins, id);
         ScanStats st = {};
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         int r;
 
         if (o) {
@@ -1826,7 +1809,7 @@ static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
                         .m = m,
                         .origin_id = id,
                         .publish_while_scanning = m->first_scan || known == 0,
-                        .last_publish = now_usec(),
+                        .last_publish = now_usec(CLOCK_MONOTONIC),
                 };
                 ScanHooks hooks = { .batch_committed = on_batch_committed, .userdata = &ctx, .cancel = &m->scan_cancel };
 
@@ -1834,7 +1817,7 @@ static void worker_scan_one(Manager *m, int64_t id, uint64_t known) {
                 worker_notify(m);
 
                 r = scan_origin(m->catalog, o, atomic_load(&m->scan_batch), &hooks, &st);
-                uint64_t scan_usec = now_usec() - t0;
+                uint64_t scan_usec = now_usec(CLOCK_MONOTONIC) - t0;
                 /* The scan held the origin's catalog rows in a table (~50 MB at 100k tracks): hand
                  * that heap back rather than carry it until the next scan. */
                 (void) malloc_trim(0);
@@ -1897,7 +1880,7 @@ static void manager_drop_sync_locked(Manager *m, int64_t origin_id) {
 static void worker_sync_one(Manager *m, const SyncRequest *q) {
         Origin *o = origin_set_get_ref(m->origins, q->origin_id);
         ScanStats st = {};
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         int r;
 
         if (!o)
@@ -1915,7 +1898,7 @@ static void worker_sync_one(Manager *m, const SyncRequest *q) {
                 log_warning_errno(r, "Origin %s: sync of %zu changed paths failed: %m", o->name, q->n_paths);
         else if (changes > 0)
                 log_info("Origin %s: synced changes in %.0f ms: %" PRIu64 " added, %" PRIu64 " changed, %" PRIu64 " removed",
-                         o->name, (double) (now_usec() - t0) / 1000.0, st.added, st.changed, st.removed);
+                         o->name, (double) (now_usec(CLOCK_MONOTONIC) - t0) / 1000.0, st.added, st.changed, st.removed);
         if (changes > 0) {
                 worker_rebuild(m);
                 worker_finished(m, o, r, &st);
@@ -1924,7 +1907,7 @@ static void worker_sync_one(Manager *m, const SyncRequest *q) {
         if (r >= 0)
                 for (size_t i = 0; i < q->n_paths; i++)
                         if (!q->paths[i][0]) {
-                                scan_stats_log(o->name, &st, now_usec() - t0);
+                                scan_stats_log(o->name, &st, now_usec(CLOCK_MONOTONIC) - t0);
                                 break;
                         }
         origin_unref(o);
@@ -2455,12 +2438,12 @@ static void health_check_answer(Manager *m, HealthCheck *c, const char *name, co
 static void *health_check_main(void *userdata) {
         HealthCheck *c = userdata;
         HealthQueue *q = c->queue;
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         thread_set_name("mfs-health");
 
         c->result = origin_check(c->origin);
-        c->latency_usec = now_usec() - t0;
-        c->checked_usec = realtime_usec();
+        c->latency_usec = now_usec(CLOCK_MONOTONIC) - t0;
+        c->checked_usec = now_usec(CLOCK_REALTIME);
 
         pthread_mutex_lock(&q->lock);
         bool closed = q->closed;
@@ -2639,7 +2622,7 @@ static int on_health_timeout(sd_event_source *s, uint64_t usec, void *userdata) 
         /* It may still end, late: it stays this origin's check so that no second thread piles up on a
          * hung filesystem, but what it finds no longer counts. */
         c->timed_out = true;
-        manager_record_check(m, mo, -ETIMEDOUT, HEALTH_CHECK_TIMEOUT_USEC(m), realtime_usec());
+        manager_record_check(m, mo, -ETIMEDOUT, HEALTH_CHECK_TIMEOUT_USEC(m), now_usec(CLOCK_REALTIME));
         health_check_answer(m, c, mo->origin->name, mo);
         return 0;
 }
@@ -2908,7 +2891,7 @@ static _noreturn_ void manager_exit_now(Manager *m) {
 /* Runs off the loop so that the loop can still answer a second signal while requests drain. */
 static void *stopper_main(void *userdata) {
         Manager *m = userdata;
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         thread_set_name("mfs-stop");
 
         /* The loop stopped calling it when m->stopping was set, before this thread started. */
@@ -2919,21 +2902,21 @@ static void *stopper_main(void *userdata) {
         int r = FAILPOINT(SHUTDOWN_DRAIN);
         if (r < 0)
                 log_warning_errno(r, "shutdown-drain failpoint: %m; stopping anyway");
-        uint64_t t1 = now_usec();
+        uint64_t t1 = now_usec(CLOCK_MONOTONIC);
         fusefs_stop(m->fs);
         m->fs = NULL;
         manager_close_cache(m);
-        uint64_t t2 = now_usec();
+        uint64_t t2 = now_usec(CLOCK_MONOTONIC);
         bool tree_current = manager_tree_current(m);
         _cleanup_free_ char *catalog_identity = catalog_close_vouched(m->catalog);
         m->catalog = NULL;
-        uint64_t t3 = now_usec();
+        uint64_t t3 = now_usec(CLOCK_MONOTONIC);
         if (tree_current && catalog_identity)
                 manager_snapshot_save(m, catalog_identity);
         log_debug("Stopped the scan in %.0f ms, FUSE and the cache in %.0f ms, closed the catalog in %.0f ms, "
                   "%s the tree snapshot in %.0f ms", (double) (t1 - t0) / 1000.0, (double) (t2 - t1) / 1000.0,
                   (double) (t3 - t2) / 1000.0, tree_current && catalog_identity ? "wrote" : "skipped",
-                  (double) (now_usec() - t3) / 1000.0);
+                  (double) (now_usec(CLOCK_MONOTONIC) - t3) / 1000.0);
 
         if (eventfd_write(m->stop_efd, 1) < 0)
                 log_error_errno(errno, "Failed to tell the event loop that the stop is done: %m");
@@ -3174,7 +3157,7 @@ static void manager_try_remount(Manager *m) {
 
 /* Detaches the dead mount and mounts again (now, or by the backoff). -ELOOP when it keeps dying. */
 static int manager_remount(Manager *m) {
-        uint64_t now = now_usec();
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
         FuseFs *fs;
 
         if (now - m->remount_window_start > REMOUNT_WINDOW_USEC) {

@@ -29,6 +29,7 @@
 #include "log.h"
 #include "macro.h"
 #include "replica.h"
+#include "time-util.h"
 
 #define FILL_READ_SIZE (1024u * 1024u)                  /* one origin read of a fill */
 #define FILL_BUF_SIZE (FILL_READ_SIZE + CDC_MAX_SIZE)   /* always a whole maximal chunk ahead */
@@ -150,18 +151,6 @@ struct CacheReader {
         PrefetchedFd fds[READER_PREFETCH_FDS];
         size_t n_fds;
 };
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
-static uint64_t monotonic_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
 
 /* cache.c may swap the index (a rebuild) or set store and index late (the disk recovered); an
  * object it replaces stays allocated until close, so a pointer loaded once stays usable. NULL while
@@ -360,7 +349,7 @@ static int chunk_store_back(Cache *c, const ChunkRef *ref, const void *data, con
         if (r >= 0)
                 r = FAILPOINT(CACHE_INDEX);
         if (r >= 0)
-                r = chunk_index_chunks_add(index, ref, 1, now_usec());
+                r = chunk_index_chunks_add(index, ref, 1, now_usec(CLOCK_REALTIME));
         if (r < 0) {
                 cache_room_release(c, ref->size);
                 return disk_error(c, r, "storing a chunk again", path);
@@ -719,7 +708,7 @@ static int fill_flush(CacheFills *f, FillJob *j, FillBatch *b, uint64_t end) {
                         }
                         r = FAILPOINT(CACHE_INDEX);
                         if (r >= 0)
-                                r = chunk_index_chunks_add(b->index, b->added, b->n_added, now_usec());
+                                r = chunk_index_chunks_add(b->index, b->added, b->n_added, now_usec(CLOCK_REALTIME));
                         if (r < 0) {
                                 cache_room_release(c, b->added_bytes);
                                 return disk_error(c, r, "indexing stored chunks", j->spec.path);
@@ -763,11 +752,11 @@ static int fill_flush(CacheFills *f, FillJob *j, FillBatch *b, uint64_t end) {
  * ever hold it. It never waits more than FILL_YIELD_MAX_USEC at a time, so a reader that streams
  * misses for minutes still gets its file filled, a read at a time. */
 static void fill_yield_to_readers(CacheFills *f, FillJob *j) {
-        uint64_t start = monotonic_usec();
+        uint64_t start = now_usec(CLOCK_MONOTONIC);
 
         pthread_mutex_lock(&f->lock);
         while (!f->stopping && !atomic_load(&j->cancel)) {
-                uint64_t now = monotonic_usec(), quiet_from;
+                uint64_t now = now_usec(CLOCK_MONOTONIC), quiet_from;
                 if (atomic_load(&f->origin_readers) > 0)
                         quiet_from = now;
                 else {
@@ -1156,7 +1145,7 @@ static int reader_origin_read(CacheReader *r, void *buf, size_t size, uint64_t o
                 atomic_fetch_add(&f->origin_readers, 1);
         ssize_t n = replica_reader_read(rr, buf, size, offset);
         if (f) {
-                atomic_store(&f->origin_read_end_usec, monotonic_usec());
+                atomic_store(&f->origin_read_end_usec, now_usec(CLOCK_MONOTONIC));
                 atomic_fetch_sub(&f->origin_readers, 1);
         }
         if (n >= 0 && (size_t) n != size)
@@ -1249,7 +1238,7 @@ static int reader_chunk_copy(CacheReader *r, const ChunkRef *ref, uint64_t chunk
                         if (k >= 0 && store && chunk_store_stat(store, &ref->id, &size_now) >= 0 &&
                             size_now > 0 && size_now <= UINT32_MAX) {
                                 ChunkRef again = { .id = ref->id, .size = (uint32_t) size_now };
-                                k = chunk_index_chunks_add(index, &again, 1, now_usec());
+                                k = chunk_index_chunks_add(index, &again, 1, now_usec(CLOCK_REALTIME));
                                 if (k < 0)
                                         disk_error(c, k, "indexing a chunk stored again", r->spec.path);
                         }

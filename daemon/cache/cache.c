@@ -29,6 +29,7 @@
 #include "failpoint.h"
 #include "log.h"
 #include "macro.h"
+#include "time-util.h"
 
 #define SPOT_CHECK_CHUNKS 100
 #define EVICT_BATCH 256
@@ -37,12 +38,6 @@
 #define FORCED_EVICT_MIN (4u * 1024u * 1024u)   /* at least this much goes after an ENOSPC */
 #define HEALTH_INTERVAL_SEC 5           /* while passthrough has a disk reason */
 #define CHUNK_FILE_MAX (64u * 1024u * 1024u)    /* larger "chunk" files are bad without reading them */
-
-static uint64_t mono_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
 
 static const char *const reason_table[_CACHE_PASSTHROUGH_REASON_MAX] = {
         [CACHE_PASSTHROUGH_NONE] = "none",
@@ -57,12 +52,6 @@ const char *cache_passthrough_reason_to_string(CachePassthroughReason r) {
         if (r < 0 || r >= _CACHE_PASSTHROUGH_REASON_MAX)
                 return NULL;
         return reason_table[r];
-}
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
 /* Other threads may swap c->index (a rebuild after a failed reopen) or set c->store and c->index
@@ -193,8 +182,8 @@ void cache_note_access(Cache *c, const ChunkId *id) {
                 c->n_touched_alloc = n;
         }
         c->touched[c->n_touched] = *id;
-        c->touched_at[c->n_touched++] = now_usec();
-        c->touch_last_mono = mono_usec();
+        c->touched_at[c->n_touched++] = now_usec(CLOCK_REALTIME);
+        c->touch_last_mono = now_usec(CLOCK_MONOTONIC);
         if (c->n_touched == TOUCH_FLUSH_AT)
                 c->touch_due_mono = c->touch_last_mono;
         wake = c->n_touched == TOUCH_FLUSH_AT || c->n_touched == TOUCH_FORCE_AT;
@@ -263,7 +252,7 @@ static uint64_t chunk_mtime_usec(ChunkStore *s, const ChunkId *id) {
 
         chunk_path(s, id, path, sizeof path);
         if (stat(path, &st) < 0)
-                return now_usec();
+                return now_usec(CLOCK_REALTIME);
         return (uint64_t) st.st_mtim.tv_sec * 1000000u + (uint64_t) st.st_mtim.tv_nsec / 1000u;
 }
 
@@ -552,7 +541,7 @@ static int spot_check(Cache *c) {
         if (!sample || !buf)
                 return -ENOMEM;
         if (getrandom(&sample->rng, sizeof sample->rng, GRND_NONBLOCK) != sizeof sample->rng)
-                sample->rng = now_usec();
+                sample->rng = now_usec(CLOCK_REALTIME);
         sample->rng |= 1;
 
         r = chunk_index_chunks_foreach(x, sample_one, sample);
@@ -1045,12 +1034,12 @@ static void maintenance_pass(Cache *c, bool timed, bool flush) {
  * error keeps passthrough on for a few seconds rather than flapping. */
 static void *maintenance_thread(void *userdata) {
         Cache *c = userdata;
-        uint64_t next = mono_usec() + (uint64_t) c->opts.maintenance_interval_sec * 1000000u;
+        uint64_t next = now_usec(CLOCK_MONOTONIC) + (uint64_t) c->opts.maintenance_interval_sec * 1000000u;
         thread_set_name("mfs-cache");
 
         pthread_mutex_lock(&c->lock);
         while (!c->stopping) {
-                uint64_t now = mono_usec();
+                uint64_t now = now_usec(CLOCK_MONOTONIC);
                 if (atomic_load(&c->passthrough_reason) != CACHE_PASSTHROUGH_NONE &&
                     next > now + HEALTH_INTERVAL_SEC * 1000000ull)
                         next = now + HEALTH_INTERVAL_SEC * 1000000ull;
@@ -1069,7 +1058,7 @@ static void *maintenance_thread(void *userdata) {
                         break;
                 bool requested = c->maintenance_requested;
                 c->maintenance_requested = false;
-                now = mono_usec();
+                now = now_usec(CLOCK_MONOTONIC);
                 bool timed = now >= next;
                 if (timed)
                         next = now + (uint64_t) c->opts.maintenance_interval_sec * 1000000u;

@@ -17,6 +17,7 @@
 #include "failpoint.h"
 #include "log.h"
 #include "macro.h"
+#include "time-util.h"
 
 /* Schema migrations, applied in order, each in its own transaction; PRAGMA user_version counts how
  * many have been applied. Never edit a released entry: append a new one. v2 adds the FTS5 index
@@ -1826,14 +1827,8 @@ int catalog_nodes_assign(Catalog *c, const char *const *paths, size_t n, int64_t
 static const double search_column_weights[] = { 4.0, 2.0, 3.0, 4.0, 1.0, 2.0, 1.0 };
 #define SEARCH_TAGS "f.artist, f.albumartist, f.album, f.title"
 
-static uint64_t now_nsec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
-}
-
 static int search_past_deadline(void *userdata) {
-        return now_nsec() > *(const uint64_t *) userdata;
+        return now_nsec(CLOCK_MONOTONIC) > *(const uint64_t *) userdata;
 }
 
 typedef struct RankData {
@@ -1985,7 +1980,7 @@ static int search_index_cancelled(void *userdata) {
 }
 
 static int search_index_rebuild_locked(Catalog *c) {
-        uint64_t start = now_nsec();
+        uint64_t start = now_nsec(CLOCK_MONOTONIC);
         int r;
 
         r = catalog_exec(c, "BEGIN IMMEDIATE");
@@ -2002,7 +1997,7 @@ static int search_index_rebuild_locked(Catalog *c) {
         }
         atomic_fetch_add(&c->rebuilds, 1);
         log_notice("Catalog %s: search index rebuilt from the catalog in %.2f s", c->path,
-                   (double) (now_nsec() - start) / 1e9);
+                   (double) (now_nsec(CLOCK_MONOTONIC) - start) / 1e9);
         return 0;
 }
 
@@ -2039,7 +2034,7 @@ int catalog_search_repair(Catalog *c) {
 }
 
 int catalog_search_repair_if_due(Catalog *c, const atomic_bool *cancel) {
-        uint64_t start = now_nsec();
+        uint64_t start = now_nsec(CLOCK_MONOTONIC);
         int r;
 
         if (!c)
@@ -2067,7 +2062,7 @@ int catalog_search_repair_if_due(Catalog *c, const atomic_bool *cancel) {
         if (cancel)
                 sqlite3_progress_handler(c->db, 0, NULL, NULL);
 
-        double seconds = (double) (now_nsec() - start) / 1e9;
+        double seconds = (double) (now_nsec(CLOCK_MONOTONIC) - start) / 1e9;
         if (r == -ECANCELED)
                 /* Still due: catalog_close() leaves no clean-close marker, the next open asks again. */
                 return log_info_errno(r, "Catalog %s: search index check stopped after %.2f s; "
@@ -2257,7 +2252,7 @@ static int search_run(Catalog *c, const CatalogSearchQuery *q, CatalogSearchHit 
                 goto finish;
         }
 
-        deadline = now_nsec() + SEARCH_DEADLINE_NSEC;
+        deadline = now_nsec(CLOCK_MONOTONIC) + SEARCH_DEADLINE_NSEC;
         sqlite3_progress_handler(c->search_db, 10000, search_past_deadline, &deadline);
         r = search_step_rows(c, s, q->limit, ret, ret_n);
         sqlite3_progress_handler(c->search_db, 0, NULL, NULL);

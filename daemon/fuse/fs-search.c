@@ -15,6 +15,7 @@
 #include "log.h"
 #include "macro.h"
 #include "search.h"
+#include "time-util.h"
 
 #define ROOT_INO FS_SEARCH_INO_BASE
 /* A result set's block: dir = base + (slot << BLOCK_BITS), link i = dir + 1 + i. */
@@ -53,12 +54,6 @@ struct FsSearch {
         size_t n_sets;
         uint64_t next_slot;
 };
-
-static int64_t mono_nsec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static void result_set_free(ResultSet *rs) {
         if (!rs)
@@ -209,7 +204,7 @@ static int result_set_make(FsSearch *s, const char *query, ResultSet **ret) {
                 result_set_free(rs);
                 return r;
         }
-        rs->created_nsec = mono_nsec();
+        rs->created_nsec = (int64_t) now_nsec(CLOCK_MONOTONIC);
         clock_gettime(CLOCK_REALTIME, &rs->mtime);
         *ret = rs;
         return 0;
@@ -269,7 +264,7 @@ void fs_search_lookup(FsSearch *s, fuse_req_t req, uint64_t parent, const char *
         int r;
 
         if (parent == ROOT_INO) {
-                int64_t now = mono_nsec();
+                int64_t now = (int64_t) now_nsec(CLOCK_MONOTONIC);
 
                 pthread_mutex_lock(&s->lock);
                 for (ResultSet *rs = s->sets; rs; rs = rs->next)

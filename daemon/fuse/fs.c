@@ -45,6 +45,7 @@
 #include "log.h"
 #include "macro.h"
 #include "replica.h"
+#include "time-util.h"
 
 #define USEC_PER_SEC UINT64_C(1000000)
 #define NSEC_PER_SEC INT64_C(1000000000)
@@ -149,15 +150,9 @@ static inline void fs_tree_unrefp(Tree **t) {
         tree_unref(*t);
 }
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
-}
-
 /* True when this event may be logged; counts the ones that may not. */
 static bool ratelimit_pass_every(RateLimit *rl, uint64_t interval_usec, uint64_t *ret_suppressed) {
-        uint64_t now = now_usec();
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
         uint64_t last = atomic_load_explicit(&rl->last_usec, memory_order_relaxed);
 
         if ((last == 0 || now - last >= interval_usec) &&
@@ -927,7 +922,7 @@ static void *worker_main(void *userdata) {
                         continue;
                 }
 
-                atomic_store(&w->busy_since_usec, now_usec());
+                atomic_store(&w->busy_since_usec, now_usec(CLOCK_MONOTONIC));
                 fuse_session_process_buf(fs->se, &buf);
                 atomic_store(&w->busy_since_usec, 0);
         }
@@ -1047,7 +1042,7 @@ bool fusefs_alive(FuseFs *fs, uint64_t max_busy_usec) {
         if (!fs || fs->n_workers == 0)
                 return true;
 
-        uint64_t now = now_usec();
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
         for (unsigned i = 0; i < fs->n_workers; i++) {
                 uint64_t since = atomic_load(&fs->workers[i].busy_since_usec);
                 if (since == 0 || now - since <= max_busy_usec)

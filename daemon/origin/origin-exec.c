@@ -26,6 +26,7 @@
 #include "log.h"
 #include "macro.h"
 #include "origin-internal.h"
+#include "time-util.h"
 
 #define EXEC_THREADS_MAX 16u            /* per origin, stuck ones included */
 #define EXEC_QUEUE_MAX 256u             /* waiting jobs per origin */
@@ -56,16 +57,6 @@ typedef struct OriginExec {
         unsigned n_ref;                 /* the origin's and one per worker */
         bool shutdown;
 } OriginExec;
-
-static uint64_t timespec_usec(const struct timespec *ts) {
-        return (uint64_t) ts->tv_sec * 1000000u + (uint64_t) ts->tv_nsec / 1000u;
-}
-
-uint64_t origin_now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return timespec_usec(&ts);
-}
 
 static struct timespec usec_timespec(uint64_t usec) {
         return (struct timespec) { .tv_sec = (time_t) (usec / 1000000u), .tv_nsec = (long) (usec % 1000000u) * 1000 };
@@ -161,7 +152,7 @@ static void *exec_worker(void *userdata) {
         pthread_mutex_lock(&e->lock);
         for (;;) {
                 while (!e->head && !e->shutdown) {
-                        struct timespec until = usec_timespec(origin_now_usec() + EXEC_IDLE_EXIT_SEC * 1000000ull);
+                        struct timespec until = usec_timespec(now_usec(CLOCK_MONOTONIC) + EXEC_IDLE_EXIT_SEC * 1000000ull);
                         e->n_idle++;
                         int k = pthread_cond_timedwait(&e->work, &e->lock, &until);
                         e->n_idle--;
@@ -367,12 +358,12 @@ ssize_t origin_call(OriginCall *c, uint64_t deadline_usec) {
         /* A remote origin keeps its own timeout: inline, unless the caller wants an answer sooner
          * (the short try of an unhealthy origin), which only a worker can give. */
         if (o->ops->own_timeouts &&
-            (deadline_usec == 0 || deadline_usec >= origin_now_usec() + (uint64_t) origin_timeout_ms(o) * 1000u))
+            (deadline_usec == 0 || deadline_usec >= now_usec(CLOCK_MONOTONIC) + (uint64_t) origin_timeout_ms(o) * 1000u))
                 return call_run(c);
         if (c->op == ORIGIN_OP_PREAD && origin_file_stuck(c->file))
                 return -ETIMEDOUT;      /* behind a read of the same file that hangs */
 
-        uint64_t limit = origin_now_usec() + (uint64_t) origin_timeout_ms(o) * 1000u;
+        uint64_t limit = now_usec(CLOCK_MONOTONIC) + (uint64_t) origin_timeout_ms(o) * 1000u;
         if (deadline_usec > 0 && deadline_usec < limit)
                 limit = deadline_usec;
 
@@ -495,7 +486,7 @@ static bool walk_enter(WalkJob *w) {
 static void walk_leave(WalkJob *w) {
         pthread_mutex_lock(&w->lock);
         w->in_callback = false;
-        w->last_progress_usec = origin_now_usec();
+        w->last_progress_usec = now_usec(CLOCK_MONOTONIC);
         pthread_cond_signal(&w->cond);
         pthread_mutex_unlock(&w->lock);
 }
@@ -559,7 +550,7 @@ int origin_walk_call(Origin *o, const char *rel_dir, origin_walk_run_fn run, ori
         w->fn = fn;
         w->skipped = skipped;
         w->userdata = userdata;
-        w->last_progress_usec = origin_now_usec();
+        w->last_progress_usec = now_usec(CLOCK_MONOTONIC);
         if (!w->rel_dir) {
                 w->n_ref = 1;
                 walk_job_unref(w);
@@ -593,7 +584,7 @@ int origin_walk_call(Origin *o, const char *rel_dir, origin_walk_run_fn run, ori
                         continue;
                 }
                 uint64_t until = w->last_progress_usec + limit_usec;
-                if (origin_now_usec() >= until) {
+                if (now_usec(CLOCK_MONOTONIC) >= until) {
                         w->abandoned = true;
                         r = -ETIMEDOUT;
                         break;

@@ -30,6 +30,7 @@
 #include "log.h"
 #include "macro.h"
 #include "origin-internal.h"
+#include "time-util.h"
 
 #define S3_TIMEOUT_DEFAULT_SEC 30
 #define S3_CHECK_TIMEOUT_MS 10000       /* a health probe gives up sooner than a read */
@@ -88,12 +89,6 @@ static void free_secret(char *s) {
 }
 
 /* ---- time ------------------------------------------------------------------------------------ */
-
-static int64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int64_t ms) {
         struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000 };
@@ -311,7 +306,7 @@ static Outcome perform_once(S3Origin *s, CURL *h, S3Request *rq, int64_t deadlin
         _cleanup_(curl_slist_free_allp) struct curl_slist *headers = NULL;
         char range[64];
         WriteCtx w = { .rq = rq, .h = h };
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - (int64_t) (now_usec(CLOCK_MONOTONIC) / 1000);
 
         if (left <= 0)
                 return OUTCOME_RETRY;
@@ -438,7 +433,7 @@ static char *s3_error_code(const Body *b) {
 /* One operation: retries inside the deadline, then the errno. 0 with rq->status 2xx (or 416, which
  * the caller may want) on success. what names the request in log lines. */
 static int s3_perform_timeout(S3Origin *s, S3Request *rq, const char *what, long timeout_ms) {
-        int64_t deadline = now_ms() + timeout_ms;
+        int64_t deadline = (int64_t) (now_usec(CLOCK_MONOTONIC) / 1000) + timeout_ms;
         CURL *h = pool_take(s);
         int r = 0;
 
@@ -453,7 +448,7 @@ static int s3_perform_timeout(S3Origin *s, S3Request *rq, const char *what, long
                         r = 0;
                         break;
                 }
-                int64_t left = deadline - now_ms();
+                int64_t left = deadline - (int64_t) (now_usec(CLOCK_MONOTONIC) / 1000);
                 if (attempt >= ELEMENTSOF(retry_delays_ms) || left <= (int64_t) retry_delays_ms[attempt]) {
                         if (rq->status >= 500 || rq->status == 429)
                                 r = log_warning_errno(EIO, "S3 origin %s: %s: HTTP %ld, giving up after %zu attempts",

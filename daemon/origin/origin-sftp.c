@@ -44,6 +44,7 @@
 #include "log.h"
 #include "macro.h"
 #include "origin-internal.h"
+#include "time-util.h"
 
 #define SFTP_POOL_MAX 64
 #define SFTP_CHANNELS 4                 /* SFTP channels (sessions) per SSH connection */
@@ -62,12 +63,6 @@
 #endif
 
 typedef uint64_t usec_t;
-
-static usec_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (usec_t) ts.tv_sec * USEC_PER_SEC + (usec_t) ts.tv_nsec / 1000;
-}
 
 /* A session connected ahead of need logs why it failed at debug level only: the operation that
  * then connects a session of its own fails the same way and says so, once. */
@@ -229,7 +224,7 @@ static int session_wait(SftpSession *s, int dirs, usec_t deadline) {
                 p[0].events = POLLIN;
 
         for (;;) {
-                usec_t n = now_usec();
+                usec_t n = now_usec(CLOCK_MONOTONIC);
                 if (n >= deadline)
                         return (s->wait_error = -ETIMEDOUT);
                 int ms = (int) MIN((deadline - n + 999) / 1000, (usec_t) INT_MAX);
@@ -410,7 +405,7 @@ static int tcp_connect(SftpOrigin *so, SftpSession *s, usec_t deadline, int *ret
                                 continue;
                         }
                         struct pollfd p = { .fd = fd, .events = POLLOUT };
-                        usec_t n = now_usec();
+                        usec_t n = now_usec(CLOCK_MONOTONIC);
                         int k = n >= deadline ? 0 : poll(&p, 1, (int) MIN((deadline - n + 999) / 1000, (usec_t) INT_MAX));
                         if (k <= 0) {
                                 r = k == 0 ? -ETIMEDOUT : -errno;
@@ -632,7 +627,7 @@ static int session_start_sftp(SftpSession *s, usec_t deadline) {
         SSH_CALL_PTR(s, deadline, s->sftp, libssh2_sftp_init(s->ssh));
         if (!s->sftp)
                 return session_error(s, s->last_rc, "subsystem start");
-        s->idle_since = now_usec();
+        s->idle_since = now_usec(CLOCK_MONOTONIC);
         return 0;
 }
 
@@ -717,7 +712,7 @@ static int session_add_channel(SftpOrigin *so, SftpConn *c, usec_t deadline, Sft
                 session_close_channel(s);
                 return r;
         }
-        s->idle_since = now_usec();
+        s->idle_since = now_usec(CLOCK_MONOTONIC);
         *ret = s;
         return 0;
 }
@@ -780,7 +775,7 @@ static void pool_return(SftpOrigin *so, SftpSession *s) {
 
         pthread_mutex_lock(&so->lock);
         c->n_borrowed--;
-        c->last_active = now_usec();
+        c->last_active = now_usec(CLOCK_MONOTONIC);
         if (broken)
                 so->n_sessions--;
         else {
@@ -811,7 +806,7 @@ static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline,
                         break;
 
                 struct timespec ts;
-                usec_t n = now_usec();
+                usec_t n = now_usec(CLOCK_MONOTONIC);
                 if (n >= deadline) {
                         pthread_mutex_unlock(&so->lock);
                         return -ETIMEDOUT;
@@ -839,7 +834,7 @@ static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline,
                 SftpSession *s = so->idle[pick];
                 SftpConn *c = s->conn;
                 so->idle[pick] = so->idle[--so->n_idle];
-                usec_t n = now_usec();
+                usec_t n = now_usec(CLOCK_MONOTONIC);
                 /* Idle for two keepalive intervals with nobody sending them: a NAT or the server
                  * may have dropped it without a word, and an operation on a silently dead
                  * connection would wait out its whole deadline. A new one takes its place. */
@@ -871,7 +866,7 @@ static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline,
                 room->adding = true;
                 room->n_channels++;
                 room->n_borrowed++;
-                room->last_active = now_usec();
+                room->last_active = now_usec(CLOCK_MONOTONIC);
                 pthread_mutex_unlock(&so->lock);
 
                 r = session_add_channel(so, room, deadline, ret);
@@ -905,7 +900,7 @@ static int pool_borrow_for(SftpOrigin *so, const FileKey *want, usec_t deadline,
                 so->n_conns--;
         } else {
                 (*ret)->conn->n_borrowed = 1;
-                (*ret)->conn->last_active = now_usec();
+                (*ret)->conn->last_active = now_usec(CLOCK_MONOTONIC);
                 so->conns[so->n_conns_up++] = (*ret)->conn;
         }
         /* Whoever waits for a connect slot, a connection's room or a session may go on. */
@@ -938,7 +933,7 @@ static void pool_connect_ahead(SftpOrigin *so, unsigned target) {
         so->n_connecting++;
         pthread_mutex_unlock(&so->lock);
 
-        int r = session_new(so, now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC, true, &s);
+        int r = session_new(so, now_usec(CLOCK_MONOTONIC) + (usec_t) so->timeout_sec * USEC_PER_SEC, true, &s);
         if (r < 0)
                 log_debug_errno(r, "SFTP origin %s: cannot connect a session ahead: %m", so->base.name);
 
@@ -952,7 +947,7 @@ static void pool_connect_ahead(SftpOrigin *so, unsigned target) {
                 return;
         }
         SftpConn *c = s->conn;
-        c->last_active = now_usec();
+        c->last_active = now_usec(CLOCK_MONOTONIC);
         c->adding = true;
         so->conns[so->n_conns_up++] = c;
         so->idle[so->n_idle++] = s;
@@ -966,7 +961,7 @@ static void pool_connect_ahead(SftpOrigin *so, unsigned target) {
                 so->n_sessions++;
                 pthread_mutex_unlock(&so->lock);
 
-                r = session_add_channel(so, c, now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC, &s);
+                r = session_add_channel(so, c, now_usec(CLOCK_MONOTONIC) + (usec_t) so->timeout_sec * USEC_PER_SEC, &s);
 
                 pthread_mutex_lock(&so->lock);
                 if (r < 0) {
@@ -1009,7 +1004,7 @@ typedef ssize_t (*sftp_op_fn)(SftpOrigin *so, SftpSession *s, void *arg, usec_t 
 static ssize_t sftp_run_for(SftpOrigin *so, const FileKey *want, const char *what, const char *path,
                             unsigned timeout_sec, sftp_op_fn op, void *arg) {
         static const unsigned backoff_ms[] = { 100, 500, 2000 };
-        usec_t deadline = now_usec() + (usec_t) timeout_sec * USEC_PER_SEC;
+        usec_t deadline = now_usec(CLOCK_MONOTONIC) + (usec_t) timeout_sec * USEC_PER_SEC;
         bool free_retry = true;
         ssize_t r;
 
@@ -1030,7 +1025,7 @@ static ssize_t sftp_run_for(SftpOrigin *so, const FileKey *want, const char *wha
                         free_retry = false;
                         continue;
                 }
-                usec_t n = now_usec();
+                usec_t n = now_usec(CLOCK_MONOTONIC);
                 if (attempt >= ELEMENTSOF(backoff_ms) || n + backoff_ms[attempt] * UINT64_C(1000) >= deadline) {
                         log_warning_errno((int) r, "SFTP origin %s: %s %s failed after %u attempt(s): %m",
                                           so->base.name, what, strempty(path), attempt + 1);
@@ -1210,8 +1205,8 @@ static ssize_t op_open(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
                 int dirs = session_unlock(s);
                 /* In slices: with two answers due, one may already sit in libssh2's buffers while
                  * the socket stays quiet, so both calls are tried again at least every 20 ms. */
-                if (session_wait(s, dirs, MIN(deadline, now_usec() + 20 * 1000)) < 0) {
-                        if (s->wait_error == -ETIMEDOUT && now_usec() < deadline) {
+                if (session_wait(s, dirs, MIN(deadline, now_usec(CLOCK_MONOTONIC) + 20 * 1000)) < 0) {
+                        if (s->wait_error == -ETIMEDOUT && now_usec(CLOCK_MONOTONIC) < deadline) {
                                 s->wait_error = 0;
                                 continue;
                         }
@@ -1242,7 +1237,7 @@ static ssize_t op_open(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
         r = session_free_slot_ok(s, deadline, &h);
         if (r < 0)
                 return r;
-        *h = (HandleSlot) { .key = file_key_ref(a->key), .handle = handle, .pos = 0, .last_used = now_usec() };
+        *h = (HandleSlot) { .key = file_key_ref(a->key), .handle = handle, .pos = 0, .last_used = now_usec(CLOCK_MONOTONIC) };
         return 0;
 }
 
@@ -1368,7 +1363,7 @@ static ssize_t op_read(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
         int r = session_handle(s, a->key, deadline, &h);
         if (r < 0)
                 return r;
-        h->last_used = now_usec();
+        h->last_used = now_usec(CLOCK_MONOTONIC);
         /* Only a read that continues this handle's stream keeps reading ahead past its end: reads
          * that jump (the kernel's concurrent 1 MiB requests spread over several sessions) would each
          * leave SFTP_STREAM_AHEAD in flight for the next read to discard (4.5x the file on the wire). */
@@ -1593,7 +1588,7 @@ static int walk_add_dir(SftpWalk *w, WalkDir *parent, char *rel, char *canon) {
 }
 
 static usec_t walk_deadline(SftpWalk *w) {
-        return now_usec() + (usec_t) w->so->timeout_sec * USEC_PER_SEC;
+        return now_usec(CLOCK_MONOTONIC) + (usec_t) w->so->timeout_sec * USEC_PER_SEC;
 }
 
 static bool errno_is_gone(int err) {
@@ -1653,7 +1648,7 @@ static ssize_t op_list(SftpOrigin *so, SftpSession *s, void *arg, usec_t deadlin
         size_t n = 0, allocated = 0;
         int rc, r = 0;
         (void) so;
-#define LIST_DEADLINE (now_usec() + (usec_t) a->timeout_sec * USEC_PER_SEC)
+#define LIST_DEADLINE (now_usec(CLOCK_MONOTONIC) + (usec_t) a->timeout_sec * USEC_PER_SEC)
 
         a->conn_failed = true;
         session_sweep(s, deadline);
@@ -1884,7 +1879,7 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
                 n_listers++;
         }
 
-        usec_t deadline = now_usec() + (usec_t) so->timeout_sec * USEC_PER_SEC;
+        usec_t deadline = now_usec(CLOCK_MONOTONIC) + (usec_t) so->timeout_sec * USEC_PER_SEC;
         for (unsigned attempt = 0; n_listers > 0; attempt++) {
                 r = pool_borrow(so, deadline, &w.s);
                 if (r >= 0) {
@@ -1903,7 +1898,7 @@ static int sftp_walk_under(Origin *o, const char *rel_dir, origin_walk_fn fn, or
                         continue;
                 }
                 w.s = NULL;
-                if (!error_is_transient(r) || attempt > 0 || now_usec() >= deadline)
+                if (!error_is_transient(r) || attempt > 0 || now_usec(CLOCK_MONOTONIC) >= deadline)
                         break;
         }
         if (w.s) {

@@ -162,7 +162,6 @@ void origin_set_timeout(Origin *o, unsigned ms);        /* 0: the D10 default */
 /* Operations that passed their limit and still occupy one of the origin's workers. */
 unsigned origin_stuck_ops(Origin *o);
 unsigned origin_timeout_ms(const Origin *o);
-uint64_t origin_now_usec(void);                         /* CLOCK_MONOTONIC */
 /* Whether a read of this file passed its limit and is still running. While one is, further reads
  * of the file answer -ETIMEDOUT at once instead of queueing behind it: the kernel retries a failed
  * read of a page once, and that retry must not cost a second full limit. */

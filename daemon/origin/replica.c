@@ -39,6 +39,7 @@
 #include "log.h"
 #include "macro.h"
 #include "replica.h"
+#include "time-util.h"
 
 typedef struct ReplicaSource {
         int64_t origin_id;
@@ -113,7 +114,7 @@ static int reader_open_one(ReplicaReader *r, size_t i, bool last_resort, Replica
                 return -ENOMEM;
         }
 
-        int k = origin_open_until(o, src->rel_path, &h->file, unhealthy ? origin_now_usec() + UNHEALTHY_TRY_USEC : 0);
+        int k = origin_open_until(o, src->rel_path, &h->file, unhealthy ? now_usec(CLOCK_MONOTONIC) + UNHEALTHY_TRY_USEC : 0);
         if (k < 0) {
                 log_debug_errno(k, "Failed to open %s on origin %s: %m", src->rel_path, o->name);
                 origin_unref(o);
@@ -318,12 +319,12 @@ static void sleep_ms(unsigned ms) {
  * that timeout, and a slow failure remembered for SLOW_FAILURE_USEC. */
 #define SLOW_FAILURE_USEC (2000u * 1000u)
 static ssize_t read_remote(ReplicaHandle *h, void *buf, size_t size, uint64_t offset) {
-        uint64_t start = origin_now_usec();
+        uint64_t start = now_usec(CLOCK_MONOTONIC);
 
         if (start < atomic_load(&h->slow_failure_until))
                 return -EIO;
         ssize_t n = origin_pread_full_until(h->file, buf, size, offset, 0);
-        uint64_t end = origin_now_usec();
+        uint64_t end = now_usec(CLOCK_MONOTONIC);
         if (n < 0 && error_is_transient((int) n) && end - start >= SLOW_FAILURE_USEC / 2)
                 atomic_store(&h->slow_failure_until, end + SLOW_FAILURE_USEC);
         return n;
@@ -331,11 +332,11 @@ static ssize_t read_remote(ReplicaHandle *h, void *buf, size_t size, uint64_t of
 
 /* One replica's answer, retried while the error is transient and its budget lasts. */
 static ssize_t read_with_retries(ReplicaReader *r, ReplicaHandle *h, void *buf, size_t size, uint64_t offset) {
-        uint64_t deadline = origin_now_usec() + ((uint64_t) origin_timeout_ms(h->origin) + RETRY_BUDGET_MS) * 1000u;
+        uint64_t deadline = now_usec(CLOCK_MONOTONIC) + ((uint64_t) origin_timeout_ms(h->origin) + RETRY_BUDGET_MS) * 1000u;
 
         /* D11: an origin known to be down gets one short try, so that reads fail fast while offline. */
         if (origin_get_health(h->origin) == ORIGIN_UNHEALTHY) {
-                ssize_t n = origin_pread_full_until(h->file, buf, size, offset, origin_now_usec() + UNHEALTHY_TRY_USEC);
+                ssize_t n = origin_pread_full_until(h->file, buf, size, offset, now_usec(CLOCK_MONOTONIC) + UNHEALTHY_TRY_USEC);
                 return n < 0 ? -EIO : n;
         }
         if (h->origin->ops->own_timeouts)
@@ -350,7 +351,7 @@ static ssize_t read_with_retries(ReplicaReader *r, ReplicaHandle *h, void *buf, 
                         first = n;
                 if (!error_is_transient((int) n) || retry >= ELEMENTSOF(retry_backoff_ms))
                         return first;
-                if (origin_now_usec() + retry_backoff_ms[retry] * 1000u >= deadline)
+                if (now_usec(CLOCK_MONOTONIC) + retry_backoff_ms[retry] * 1000u >= deadline)
                         return first;
 
                 log_debug_errno((int) n, "Reading %s at %" PRIu64 " from origin %s failed, retrying in %u ms: %m",

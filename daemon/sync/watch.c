@@ -22,6 +22,7 @@
 #include "log.h"
 #include "macro.h"
 #include "tags.h"
+#include "time-util.h"
 #include "watch.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
@@ -72,12 +73,6 @@ int watch_dir_fs_is_remote(const char *dir) {
                 if ((unsigned long) sf.f_type == remote[i])
                         return 1;
         return 0;
-}
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
 }
 
 typedef struct WatchEntry {
@@ -196,7 +191,7 @@ static WatchedOrigin *watcher_find(Watcher *w, int64_t id, size_t *ret_index) {
 }
 
 static void mark_changed(WatchedOrigin *o, const char *path) {
-        uint64_t now = now_usec();
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
 
         if (o->first_usec == 0)
                 o->first_usec = now;
@@ -392,7 +387,7 @@ static int watches_add_tree(Watcher *w, WatchedOrigin *o, const char *rel) {
 static void origin_start_polling(Watcher *w, WatchedOrigin *o) {
         watches_drop(o);
         o->state = STATE_POLLING;
-        o->next_poll_usec = now_usec() + o->poll_interval_usec;
+        o->next_poll_usec = now_usec(CLOCK_MONOTONIC) + o->poll_interval_usec;
 }
 
 /* Opens the instance and registers the whole tree. A resource limit switches the origin to polling
@@ -430,7 +425,7 @@ static int origin_register(Watcher *w, WatchedOrigin *o) {
                 }
                 if (o->n_retries < ELEMENTSOF(retry_delays_usec)) {
                         uint64_t d = retry_delays_usec[o->n_retries++];
-                        o->retry_usec = now_usec() + d;
+                        o->retry_usec = now_usec(CLOCK_MONOTONIC) + d;
                         log_warning_errno(r, "Origin %s: cannot watch %s, will retry in %" PRIu64 " s: %m", o->name,
                                           o->dir, d / UINT64_C(1000000));
                 } else {
@@ -454,7 +449,7 @@ static void origin_lost(Watcher *w, WatchedOrigin *o, const char *why) {
         pending_clear(o);
         o->state = STATE_LOST;
         o->n_retries = 1;
-        o->retry_usec = now_usec() + retry_delays_usec[0];
+        o->retry_usec = now_usec(CLOCK_MONOTONIC) + retry_delays_usec[0];
         const char *none[] = { NULL };
         w->opts.report(o->id, WATCH_REPORT_LOST, none, 0, w->opts.userdata);
 }
@@ -723,7 +718,7 @@ static void *watcher_main(void *userdata) {
                         break;
 
                 /* Reports whose time has come. */
-                uint64_t now = now_usec(), next = UINT64_MAX;
+                uint64_t now = now_usec(CLOCK_MONOTONIC), next = UINT64_MAX;
                 for (size_t i = 0; i < w->n_origins; i++) {
                         WatchedOrigin *o = w->origins[i];
                         uint64_t d = origin_deadline(w, o);
@@ -767,7 +762,7 @@ static void *watcher_main(void *userdata) {
 
                 int timeout = -1;
                 if (next != UINT64_MAX) {
-                        now = now_usec();
+                        now = now_usec(CLOCK_MONOTONIC);
                         uint64_t ms = next > now ? (next - now + 999) / 1000 : 0;
                         timeout = ms > INT_MAX ? INT_MAX : (int) ms;
                 }

@@ -29,6 +29,7 @@
 #include "failpoint.h"
 #include "macro.h"
 #include "origin.h"
+#include "time-util.h"
 #include "tree.h"
 
 #define KiB 1024u
@@ -85,12 +86,6 @@ static void write_file(const char *path, const uint8_t *data, size_t size) {
         if (size > 0)
                 assert_int_equal(write(fd, data, size), (ssize_t) size);
         assert_int_equal(close(fd), 0);
-}
-
-static uint64_t now_msec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
 }
 
 static void sleep_ms(unsigned ms) {
@@ -257,20 +252,20 @@ static bool version_complete(Cache *c, const TreeNode *n) {
 }
 
 static void wait_complete(Cache *c, const TreeNode *n) {
-        uint64_t deadline = now_msec() + WAIT_MS;
+        uint64_t deadline = (now_usec(CLOCK_MONOTONIC) / 1000) + WAIT_MS;
         while (!version_complete(c, n)) {
-                assert_true(now_msec() < deadline);
+                assert_true((now_usec(CLOCK_MONOTONIC) / 1000) < deadline);
                 sleep_ms(10);
         }
 }
 
 static void wait_fills_idle(Cache *c) {
-        uint64_t deadline = now_msec() + WAIT_MS, active, queued;
+        uint64_t deadline = (now_usec(CLOCK_MONOTONIC) / 1000) + WAIT_MS, active, queued;
         for (;;) {
                 cache_fills_counts(c, &active, &queued);
                 if (active == 0 && queued == 0)
                         return;
-                assert_true(now_msec() < deadline);
+                assert_true((now_usec(CLOCK_MONOTONIC) / 1000) < deadline);
                 sleep_ms(10);
         }
 }
@@ -446,14 +441,14 @@ static void test_progress_served(void **state) {
         assert_int_equal(cache_reader_open(f->cache, f->tree, f->node[F_BIG], &r), 0);
         assert_read(r, f->content[F_BIG], BIG_SIZE, 0, 128 * KiB);
 
-        uint64_t deadline = now_msec() + WAIT_MS;
+        uint64_t deadline = (now_usec(CLOCK_MONOTONIC) / 1000) + WAIT_MS;
         for (;;) {
                 assert_int_equal(cache_get_stats(f->cache, &before), 0);
                 assert_read(r, f->content[F_BIG], BIG_SIZE, 64 * KiB, 128 * KiB);
                 assert_int_equal(cache_get_stats(f->cache, &after), 0);
                 if (after.hits == before.hits + 1)
                         break;
-                assert_true(now_msec() < deadline);
+                assert_true((now_usec(CLOCK_MONOTONIC) / 1000) < deadline);
                 sleep_ms(10);
         }
         assert_false(version_complete(f->cache, f->node[F_BIG]));

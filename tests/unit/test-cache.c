@@ -37,6 +37,7 @@
 #include "failpoint.h"
 #include "macro.h"
 #include "origin.h"
+#include "time-util.h"
 
 #define CHUNK (16 * 1024)
 
@@ -49,18 +50,6 @@ typedef struct Fixture {
         Cache *cache;
         atomic_uint state_calls;
 } Fixture;
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
-static uint64_t mono_msec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
 
 static void on_state(void *userdata) {
         Fixture *f = userdata;
@@ -120,12 +109,12 @@ static void mount_small_tmpfs(Fixture *f) {
 
 static void remount(Fixture *f, bool read_only) {
         /* A probe file open for writing at this instant makes the kernel answer EBUSY: retry. */
-        uint64_t deadline = mono_msec() + 10000;
+        uint64_t deadline = (now_usec(CLOCK_MONOTONIC) / 1000) + 10000;
         for (;;) {
                 if (mount(NULL, f->mountpoint, NULL, MS_REMOUNT | (read_only ? MS_RDONLY : 0), "size=2m") == 0)
                         return;
                 assert_int_equal(errno, EBUSY);
-                assert_true(mono_msec() < deadline);
+                assert_true((now_usec(CLOCK_MONOTONIC) / 1000) < deadline);
                 usleep(10000);
         }
 }
@@ -225,19 +214,19 @@ static CachePassthroughReason reason(Cache *c) {
 
 /* Polls (20 ms) until the reason is want, for at most timeout_ms. */
 static bool wait_reason(Cache *c, CachePassthroughReason want, unsigned timeout_ms) {
-        uint64_t deadline = mono_msec() + timeout_ms;
+        uint64_t deadline = (now_usec(CLOCK_MONOTONIC) / 1000) + timeout_ms;
         do {
                 if (reason(c) == want)
                         return true;
                 usleep(20000);
-        } while (mono_msec() < deadline);
+        } while ((now_usec(CLOCK_MONOTONIC) / 1000) < deadline);
         return reason(c) == want;
 }
 
 /* The callback runs just after the reason changes, on the maintenance thread: wait for it too. */
 static bool wait_state_calls(Fixture *f, unsigned at_least, unsigned timeout_ms) {
-        uint64_t deadline = mono_msec() + timeout_ms;
-        while (atomic_load(&f->state_calls) < at_least && mono_msec() < deadline)
+        uint64_t deadline = (now_usec(CLOCK_MONOTONIC) / 1000) + timeout_ms;
+        while (atomic_load(&f->state_calls) < at_least && (now_usec(CLOCK_MONOTONIC) / 1000) < deadline)
                 usleep(5000);
         return atomic_load(&f->state_calls) >= at_least;
 }
@@ -250,7 +239,7 @@ static void test_open_close_reopen(void **state) {
         open_cache(f, 64 << 20, 60);
         assert_false(cache_passthrough(f->cache));
         for (unsigned i = 0; i < 5; i++) {
-                refs[i] = store_chunk(f->cache, i, CHUNK + i * 1000, now_usec());
+                refs[i] = store_chunk(f->cache, i, CHUNK + i * 1000, now_usec(CLOCK_REALTIME));
                 sum += refs[i].size;
         }
         close_cache(f);
@@ -288,7 +277,7 @@ static void test_budget_lru(void **state) {
         Fixture *f = *state;
         const uint64_t budget = 1 << 20;   /* 64 chunks of 16 KiB */
         ChunkRef old[60], fresh[30];
-        uint64_t base = now_usec() - 3600ull * 1000000u, peak = 0;
+        uint64_t base = now_usec(CLOCK_REALTIME) - 3600ull * 1000000u, peak = 0;
 
         open_cache(f, budget, 60);
         for (unsigned i = 0; i < 60; i++) {
@@ -302,7 +291,7 @@ static void test_budget_lru(void **state) {
                 cache_note_access(f->cache, &old[i].id);
 
         for (unsigned i = 0; i < 30; i++) {
-                fresh[i] = store_chunk(f->cache, 1000 + i, CHUNK, now_usec());
+                fresh[i] = store_chunk(f->cache, 1000 + i, CHUNK, now_usec(CLOCK_REALTIME));
                 uint64_t b = stored_bytes(f->cache);
                 peak = b > peak ? b : peak;
                 assert_true(b <= budget + budget / 20);
@@ -346,7 +335,7 @@ static void test_touch_flush_before_eviction(void **state) {
         Fixture *f = *state;
         const uint64_t budget = 1 << 20;   /* 64 chunks of 16 KiB */
         ChunkRef old[64];
-        uint64_t base = now_usec() - 3600ull * 1000000u;
+        uint64_t base = now_usec(CLOCK_REALTIME) - 3600ull * 1000000u;
         char *why = NULL;
 
 #if !MUSICFS_FAILPOINTS
@@ -363,13 +352,13 @@ static void test_touch_flush_before_eviction(void **state) {
                 cache_note_access(f->cache, &old[i].id);
 
         /* Past the budget but not 1.02x: only the maintenance thread is woken, and it flushes. */
-        store_chunk(f->cache, 1000, CHUNK, now_usec());
+        store_chunk(f->cache, 1000, CHUNK, now_usec(CLOCK_REALTIME));
         for (unsigned i = 0; i < 5000 && fired("cache-touch") == 0; i++)
                 usleep(1000);
         assert_int_equal(fired("cache-touch"), 1);
 
         /* Past 1.02x: this thread evicts to 95 % itself, while the touches are held. */
-        store_chunk(f->cache, 1001, CHUNK, now_usec());
+        store_chunk(f->cache, 1001, CHUNK, now_usec(CLOCK_REALTIME));
         assert_true(atomic_load(&f->cache->evictions) > 0);
         for (unsigned i = 0; i < 10; i++)
                 assert_true(is_stored(f->cache, &old[i]));
@@ -383,28 +372,22 @@ static uint64_t last_access(Cache *c, const ChunkRef *ref) {
         return info.last_access_usec;
 }
 
-static uint64_t mono_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
 /* TOUCH_FLUSH_AT touches make a flush due; it waits while reads go on (its commit syncs the index
  * the readers' disk), and follows the first pause of TOUCH_QUIET_USEC. */
 static void test_touch_flush_waits_for_pause(void **state) {
         Fixture *f = *state;
-        uint64_t old = now_usec() - 3600ull * 1000000u;
+        uint64_t old = now_usec(CLOCK_REALTIME) - 3600ull * 1000000u;
 
         open_cache(f, 0, 60);
         ChunkRef a = store_chunk(f->cache, 1, CHUNK, old);
         for (unsigned i = 0; i < TOUCH_FLUSH_AT; i++)
                 cache_note_access(f->cache, &a.id);
 
-        uint64_t start = mono_usec(), prev = start, max_gap = 0;
+        uint64_t start = now_usec(CLOCK_MONOTONIC), prev = start, max_gap = 0;
         while (prev - start < 300 * 1000) {
                 usleep(2000);
                 cache_note_access(f->cache, &a.id);
-                uint64_t now = mono_usec();
+                uint64_t now = now_usec(CLOCK_MONOTONIC);
                 max_gap = now - prev > max_gap ? now - prev : max_gap;
                 prev = now;
         }
@@ -413,12 +396,12 @@ static void test_touch_flush_waits_for_pause(void **state) {
         else    /* this machine stalled the loop for a pause's length: a flush was allowed */
                 print_message("inconclusive: %" PRIu64 " µs between two touches\n", max_gap);
 
-        uint64_t deadline = mono_usec() + 5 * 1000000u;
+        uint64_t deadline = now_usec(CLOCK_MONOTONIC) + 5 * 1000000u;
         while (last_access(f->cache, &a) == old) {
-                assert_true(mono_usec() < deadline);
+                assert_true(now_usec(CLOCK_MONOTONIC) < deadline);
                 usleep(5000);
         }
-        assert_true(mono_usec() - prev >= TOUCH_QUIET_USEC);
+        assert_true(now_usec(CLOCK_MONOTONIC) - prev >= TOUCH_QUIET_USEC);
         assert_true(last_access(f->cache, &a) > old);
 }
 
@@ -435,7 +418,7 @@ static void test_pinned_never_evicted(void **state) {
         Fixture *f = *state;
         const uint64_t budget = 512 * 1024;
         ChunkRef pinned[4];
-        uint64_t base = now_usec() - 3600ull * 1000000u;
+        uint64_t base = now_usec(CLOCK_REALTIME) - 3600ull * 1000000u;
 
         open_cache(f, budget, 60);
         /* The oldest chunks of all are the pinned ones. */
@@ -469,20 +452,20 @@ static void test_pinned_never_evicted(void **state) {
         assert_int_equal(cache_unpin(f->cache, "Artist/Album"), 0);
         /* Unpinned, they are the oldest: the next pressure evicts them first. */
         for (unsigned i = 0; i < 8; i++)
-                store_chunk(f->cache, 500 + i, CHUNK, now_usec());
+                store_chunk(f->cache, 500 + i, CHUNK, now_usec(CLOCK_REALTIME));
         for (unsigned i = 0; i < 4; i++)
                 assert_false(is_stored(f->cache, &pinned[i]));
 }
 
 static void test_access_times_survive(void **state) {
         Fixture *f = *state;
-        uint64_t old = now_usec() - 7200ull * 1000000u;
+        uint64_t old = now_usec(CLOCK_REALTIME) - 7200ull * 1000000u;
         ChunkInfo info;
 
         open_cache(f, 64 << 20, 60);
         ChunkRef a = store_chunk(f->cache, 1, CHUNK, old);
         ChunkRef b = store_chunk(f->cache, 2, CHUNK, old);
-        uint64_t before = now_usec();
+        uint64_t before = now_usec(CLOCK_REALTIME);
         cache_note_access(f->cache, &a.id);
         close_cache(f);
 
@@ -548,11 +531,11 @@ static void check_rebuilt(Fixture *f, const ChunkRef *refs, size_t n, uint64_t m
 static void test_unclean_garbage_index(void **state) {
         Fixture *f = *state;
         ChunkRef refs[5];
-        uint64_t t0 = now_usec() - 2000000;
+        uint64_t t0 = now_usec(CLOCK_REALTIME) - 2000000;
 
         open_cache(f, 64 << 20, 60);
         for (unsigned i = 0; i < 5; i++)
-                refs[i] = store_chunk(f->cache, i, CHUNK + i, now_usec());
+                refs[i] = store_chunk(f->cache, i, CHUNK + i, now_usec(CLOCK_REALTIME));
         ChunkRef key = refs[0];
         assert_int_equal(chunk_index_version_put(f->cache->index, "v1:16384:1:x.flac", CHUNK, &key, 1), 0);
         close_cache(f);
@@ -563,7 +546,7 @@ static void test_unclean_garbage_index(void **state) {
         for (unsigned i = 0; i < 5; i++)
                 assert_true(file_exists(f->cache, &refs[i]));
         /* The fresh index works and survives a clean reopen. */
-        ChunkRef more = store_chunk(f->cache, 77, CHUNK, now_usec());
+        ChunkRef more = store_chunk(f->cache, 77, CHUNK, now_usec(CLOCK_REALTIME));
         close_cache(f);
         open_cache(f, 64 << 20, 60);
         assert_true(is_stored(f->cache, &more));
@@ -573,12 +556,12 @@ static void test_unclean_garbage_index(void **state) {
 static void test_garbage_index_clean_start(void **state) {
         Fixture *f = *state;
         ChunkRef refs[3];
-        uint64_t t0 = now_usec() - 2000000;
+        uint64_t t0 = now_usec(CLOCK_REALTIME) - 2000000;
 
         /* No unclean flag: the open itself fails on the garbage, and that leads to the same rebuild. */
         open_cache(f, 64 << 20, 60);
         for (unsigned i = 0; i < 3; i++)
-                refs[i] = store_chunk(f->cache, 10 + i, CHUNK, now_usec());
+                refs[i] = store_chunk(f->cache, 10 + i, CHUNK, now_usec(CLOCK_REALTIME));
         close_cache(f);
         garbage_index(f);
 
@@ -594,7 +577,7 @@ static void test_clean_marker(void **state) {
 
         snprintf(marker, sizeof marker, "%s/cache.clean", f->tmp);
         open_cache(f, 64 << 20, 60);
-        store_chunk(f->cache, 1, CHUNK, now_usec());
+        store_chunk(f->cache, 1, CHUNK, now_usec(CLOCK_REALTIME));
         close_cache(f);
 
         assert_false(cache_clean_marker_consume(f->dir, marker));      /* none */
@@ -616,7 +599,7 @@ static void test_spot_check_drops_flipped(void **state) {
 
         open_cache(f, 64 << 20, 60);
         for (unsigned i = 0; i < 6; i++)
-                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec());
+                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec(CLOCK_REALTIME));
         close_cache(f);
         flip_byte(f, &refs[2]);
         char path[PATH_MAX];
@@ -660,7 +643,7 @@ static void test_disk_full_watermark(void **state) {
 
         mount_small_tmpfs(f);
         open_cache(f, 64 << 20, 1);
-        ChunkRef a = store_chunk(f->cache, 1, CHUNK, now_usec());
+        ChunkRef a = store_chunk(f->cache, 1, CHUNK, now_usec(CLOCK_REALTIME));
         assert_false(cache_passthrough(f->cache));
         assert_true(cache_writes_allowed(f->cache));
 
@@ -686,7 +669,7 @@ static void test_disk_full_watermark(void **state) {
         assert_false(is_stored(f->cache, &a));
         assert_int_equal(cache_get_stats(f->cache, &s), 0);
         assert_true(s.evictions >= 1);
-        store_chunk(f->cache, 2, CHUNK, now_usec());
+        store_chunk(f->cache, 2, CHUNK, now_usec(CLOCK_REALTIME));
 }
 
 static void test_disk_full_write(void **state) {
@@ -726,7 +709,7 @@ static void test_read_only_remount(void **state) {
 
         mount_small_tmpfs(f);
         open_cache(f, 64 << 20, 1);
-        ChunkRef a = store_chunk(f->cache, 1, CHUNK, now_usec());
+        ChunkRef a = store_chunk(f->cache, 1, CHUNK, now_usec(CLOCK_REALTIME));
         assert_false(cache_passthrough(f->cache));
 
         remount(f, true);
@@ -745,7 +728,7 @@ static void test_read_only_remount(void **state) {
         assert_true(wait_state_calls(f, calls + 1, 5000));
         assert_true(is_stored(f->cache, &a));
         assert_true(file_exists(f->cache, &a));
-        store_chunk(f->cache, 2, CHUNK, now_usec());
+        store_chunk(f->cache, 2, CHUNK, now_usec(CLOCK_REALTIME));
 }
 
 static void test_disk_failed_mapping(void **state) {
@@ -820,7 +803,7 @@ static void test_clear_keeps_pinned(void **state) {
 
         open_cache(f, 64 << 20, 60);
         for (unsigned i = 0; i < 6; i++)
-                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec());
+                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec(CLOCK_REALTIME));
         pin_chunks(f->cache, "A", "v1:32768:5:A/a.flac", refs, 2);
         assert_int_equal(cache_clear(f->cache), 0);
         for (unsigned i = 0; i < 6; i++) {
@@ -852,7 +835,7 @@ static void test_verify_repair(void **state) {
 
         open_cache(f, 64 << 20, 60);
         for (unsigned i = 0; i < 6; i++)
-                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec());
+                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec(CLOCK_REALTIME));
         /* A good chunk file the index never heard of (a crash between rename and index). */
         uint8_t *buf = malloc(CHUNK);
         ChunkBatch *b;
@@ -904,13 +887,13 @@ static void test_evict_failpoint(void **state) {
         free(why);
         open_cache(f, budget, 60);
         for (unsigned i = 0; i < 20; i++)
-                store_chunk(f->cache, i, CHUNK, now_usec() - 1000000ull * (100 - i));
+                store_chunk(f->cache, i, CHUNK, now_usec(CLOCK_REALTIME) - 1000000ull * (100 - i));
         /* Eviction cannot proceed: writes stop before the budget is passed by more than 4 %. */
         assert_int_equal(atomic_load(&f->cache->evictions), 0);
         assert_false(cache_writes_allowed(f->cache));
         assert_false(cache_passthrough(f->cache));
         assert_int_equal(failpoint_disarm("cache-evict"), 0);
-        store_chunk(f->cache, 100, CHUNK, now_usec());
+        store_chunk(f->cache, 100, CHUNK, now_usec(CLOCK_REALTIME));
         assert_true(stored_bytes(f->cache) <= budget);
         assert_true(cache_writes_allowed(f->cache));
 }
@@ -1037,14 +1020,14 @@ static bool version_complete(Cache *c, const TreeNode *n) {
 
 /* Polls until the pin progress is complete and equals want_total. */
 static bool wait_pins_done(Cache *c, uint64_t want_total, unsigned timeout_ms) {
-        uint64_t deadline = mono_msec() + timeout_ms;
+        uint64_t deadline = (now_usec(CLOCK_MONOTONIC) / 1000) + timeout_ms;
         CacheStats s;
         do {
                 assert_int_equal(cache_get_stats(c, &s), 0);
                 if (s.pin_bytes_total == want_total && s.pin_bytes_done == want_total)
                         return true;
                 usleep(20000);
-        } while (mono_msec() < deadline);
+        } while ((now_usec(CLOCK_MONOTONIC) / 1000) < deadline);
         print_message("pin progress %" PRIu64 "/%" PRIu64 ", want %" PRIu64 "\n", s.pin_bytes_done, s.pin_bytes_total, want_total);
         return false;
 }
@@ -1075,7 +1058,7 @@ static void test_pins(void **state) {
 
         /* Pressure far past the budget: the pinned versions stay complete. */
         for (unsigned i = 0; i < 60; i++)
-                store_chunk(f->cache, 9000 + i, CHUNK, now_usec());
+                store_chunk(f->cache, 9000 + i, CHUNK, now_usec(CLOCK_REALTIME));
         assert_true(atomic_load(&f->cache->evictions) > 0);
         assert_true(stored_bytes(f->cache) <= budget + budget / 20);
         assert_true(version_complete(f->cache, lib_node(&l, "A/01 - one.flac")));
@@ -1130,7 +1113,7 @@ static void test_index_rebuilt_at_runtime(void **state) {
 
         open_cache(f, 64 << 20, 60);
         for (unsigned i = 0; i < 4; i++)
-                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec());
+                refs[i] = store_chunk(f->cache, i, CHUNK, now_usec(CLOCK_REALTIME));
         /* A reopen that works is all it takes for an index that is fine on disk. */
         cache_disk_failed(f->cache, -ENOTRECOVERABLE);
         assert_false(cache_passthrough(f->cache));
@@ -1149,7 +1132,7 @@ static void test_index_rebuilt_at_runtime(void **state) {
         for (unsigned i = 0; i < 4; i++)
                 assert_true(is_stored(f->cache, &refs[i]));
         assert_int_equal(count_aside(f, "index.mdb.corrupt-"), 1);
-        store_chunk(f->cache, 99, CHUNK, now_usec());
+        store_chunk(f->cache, 99, CHUNK, now_usec(CLOCK_REALTIME));
         assert_int_equal(cache_get_stats(f->cache, &s), 0);
         assert_int_equal(s.chunks, 5);
 }
@@ -1189,7 +1172,7 @@ static void test_open_on_read_only_disk(void **state) {
         assert_true(wait_reason(f->cache, CACHE_PASSTHROUGH_NONE, 15000));
         assert_non_null(f->cache->index);
         assert_non_null(f->cache->store);
-        ChunkRef a = store_chunk(f->cache, 1, CHUNK, now_usec());
+        ChunkRef a = store_chunk(f->cache, 1, CHUNK, now_usec(CLOCK_REALTIME));
         assert_true(is_stored(f->cache, &a));
         close_cache(f);
 }

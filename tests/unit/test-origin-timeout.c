@@ -27,6 +27,7 @@
 #include "macro.h"
 #include "origin-internal.h"
 #include "replica.h"
+#include "time-util.h"
 
 #define FILE_SIZE (192 * 1024)
 #define REL_PATH "song.flac"
@@ -46,12 +47,6 @@ typedef struct Fixture {
         unsigned base_fds;
 } Fixture;
 
-static uint64_t now_ms(void) {
-        struct timespec ts;
-        assert_int_equal(clock_gettime(CLOCK_MONOTONIC, &ts), 0);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
-
 static unsigned count_fds(void) {
         DIR *d = opendir("/proc/self/fd");
         assert_non_null(d);
@@ -64,9 +59,9 @@ static unsigned count_fds(void) {
 }
 
 static void wait_unstuck(Origin *o, unsigned timeout_ms) {
-        uint64_t end = now_ms() + timeout_ms;
+        uint64_t end = (now_usec(CLOCK_MONOTONIC) / 1000) + timeout_ms;
         while (origin_stuck_ops(o) > 0) {
-                if (now_ms() > end)
+                if ((now_usec(CLOCK_MONOTONIC) / 1000) > end)
                         fail_msg("%u operations still stuck after %u ms", origin_stuck_ops(o), timeout_ms);
                 usleep(10 * 1000);
         }
@@ -74,12 +69,12 @@ static void wait_unstuck(Origin *o, unsigned timeout_ms) {
 
 /* A job that outlived its caller still holds the file open; its end is when the fd goes. */
 static void wait_fds(unsigned want, unsigned timeout_ms) {
-        uint64_t end = now_ms() + timeout_ms;
+        uint64_t end = (now_usec(CLOCK_MONOTONIC) / 1000) + timeout_ms;
         for (;;) {
                 unsigned n = count_fds();
                 if (n == want)
                         return;
-                if (now_ms() > end)
+                if ((now_usec(CLOCK_MONOTONIC) / 1000) > end)
                         fail_msg("%u fds open, want %u, after %u ms", n, want, timeout_ms);
                 usleep(10 * 1000);
         }
@@ -156,9 +151,9 @@ typedef struct SideRead {
 static void *side_read(void *userdata) {
         SideRead *s = userdata;
         uint8_t buf[4096];
-        uint64_t t0 = now_ms();
+        uint64_t t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         s->n = origin_pread(s->file, buf, sizeof buf, 4096);
-        s->ms = now_ms() - t0;
+        s->ms = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         s->same = s->n == (ssize_t) sizeof buf && memcmp(buf, s->expected + 4096, sizeof buf) == 0;
         return NULL;
 }
@@ -175,18 +170,18 @@ static void test_read_times_out(void **state) {
         assert_non_null(buf);
         memset(buf, 0xAA, FILE_SIZE);
 
-        uint64_t t0 = now_ms();
+        uint64_t t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(origin_pread(file, buf, FILE_SIZE, 0), -ETIMEDOUT);
-        uint64_t took = now_ms() - t0;
+        uint64_t took = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         print_message("hung read answered after %" PRIu64 " ms\n", took);
         assert_true(took >= 500);
         assert_true(took < 500 + 400);
 
         /* The stuck worker still sleeps. The same file answers at once rather than queue behind it
          * (the kernel retries a failed page once: that must not cost another limit)... */
-        t0 = now_ms();
+        t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(origin_pread(file, buf, 4096, 0), -ETIMEDOUT);
-        assert_true(now_ms() - t0 < 100);
+        assert_true((now_usec(CLOCK_MONOTONIC) / 1000) - t0 < 100);
         assert_true(origin_file_stuck(file));
 
         /* ... and another worker serves another handle of the origin at once. */
@@ -220,18 +215,18 @@ static void test_open_and_stat_time_out(void **state) {
         OriginStat st = { 0 };
 
         assert_int_equal(failpoint_arm("origin-stat", "1*sleep(1000)", NULL), 0);
-        uint64_t t0 = now_ms();
+        uint64_t t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(origin_stat(f->origin, REL_PATH, &st), -ETIMEDOUT);
-        assert_true(now_ms() - t0 >= 500);
+        assert_true((now_usec(CLOCK_MONOTONIC) / 1000) - t0 >= 500);
         assert_int_equal(st.size, 0);   /* the late answer is not copied out */
         assert_int_equal(origin_stat(f->origin, REL_PATH, &st), 0);
         assert_int_equal(st.size, FILE_SIZE);
 
         /* An open that comes too late is closed by the job: no fd leaks. */
         assert_int_equal(failpoint_arm("origin-open", "1*sleep(1000)", NULL), 0);
-        t0 = now_ms();
+        t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(origin_open(f->origin, REL_PATH, &file), -ETIMEDOUT);
-        assert_true(now_ms() - t0 >= 500);
+        assert_true((now_usec(CLOCK_MONOTONIC) / 1000) - t0 >= 500);
         assert_null(file);
         wait_unstuck(f->origin, 5000);
         wait_fds(f->base_fds, 5000);
@@ -257,13 +252,13 @@ static void test_stuck_bound_fails_fast(void **state) {
         ssize_t n = 0;
         uint64_t t0 = 0;
         for (size_t i = 0; i < ELEMENTSOF(files); i++) {
-                t0 = now_ms();
+                t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
                 n = origin_pread(files[i], buf, sizeof buf, 0);
                 if (n != -ETIMEDOUT)
                         break;
                 n_timeouts++;
         }
-        uint64_t took = now_ms() - t0;
+        uint64_t took = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         print_message("%u reads timed out, then %zd after %" PRIu64 " ms\n", n_timeouts, n, took);
         assert_int_equal(n, -EIO);
         assert_int_equal(n_timeouts, 16);      /* EXEC_THREADS_MAX */
@@ -291,9 +286,9 @@ static void test_transient_error_retried(void **state) {
 
         assert_int_equal(replica_reader_open(f->origins, &f->node, &r), 0);
         assert_int_equal(failpoint_arm("origin-read", "2*return(EIO)", NULL), 0);
-        uint64_t t0 = now_ms();
+        uint64_t t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 1000), (ssize_t) sizeof buf);
-        uint64_t took = now_ms() - t0;
+        uint64_t took = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         print_message("read after two EIOs took %" PRIu64 " ms\n", took);
         assert_memory_equal(buf, f->content + 1000, sizeof buf);
         assert_true(took >= 600);
@@ -302,9 +297,9 @@ static void test_transient_error_retried(void **state) {
         /* Three EIOs then a fourth: the retries are spent and the error comes back after all three
          * back-offs (2.6 s), not later. */
         assert_int_equal(failpoint_arm("origin-read", "4*return(EIO)", NULL), 0);
-        t0 = now_ms();
+        t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 0), -EIO);
-        took = now_ms() - t0;
+        took = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         print_message("four EIOs answered after %" PRIu64 " ms\n", took);
         assert_true(took >= 2600);
         assert_true(took < 2600 + 500);
@@ -317,14 +312,14 @@ static void test_definite_error_not_retried(void **state) {
 
         assert_int_equal(replica_reader_open(f->origins, &f->node, &r), 0);
         assert_int_equal(failpoint_arm("origin-read", "1*return(ENOENT)", NULL), 0);
-        uint64_t t0 = now_ms();
+        uint64_t t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 0), -ENOENT);
-        assert_true(now_ms() - t0 < 100);
+        assert_true((now_usec(CLOCK_MONOTONIC) / 1000) - t0 < 100);
 
         assert_int_equal(failpoint_arm("origin-read", "1*return(EACCES)", NULL), 0);
-        t0 = now_ms();
+        t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 0), -EACCES);
-        assert_true(now_ms() - t0 < 100);
+        assert_true((now_usec(CLOCK_MONOTONIC) / 1000) - t0 < 100);
 
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 0), (ssize_t) sizeof buf);
         assert_memory_equal(buf, f->content, sizeof buf);
@@ -341,16 +336,16 @@ static void test_hung_read_bounded(void **state) {
         origin_set_timeout(f->origin, 300);
         assert_int_equal(replica_reader_open(f->origins, &f->node, &r), 0);
         assert_int_equal(failpoint_arm("origin-read", "sleep(1500)", NULL), 0);
-        uint64_t t0 = now_ms();
+        uint64_t t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 0), -ETIMEDOUT);
-        uint64_t took = now_ms() - t0;
+        uint64_t took = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         print_message("hung replica answered after %" PRIu64 " ms\n", took);
         assert_true(took >= 300 + 100);
         assert_true(took < 300 + 100 + 300);
         /* The kernel's second try of the same page, while the first still hangs: at once. */
-        t0 = now_ms();
+        t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 0), -ETIMEDOUT);
-        assert_true(now_ms() - t0 < 100 + 100);
+        assert_true((now_usec(CLOCK_MONOTONIC) / 1000) - t0 < 100 + 100);
 
         assert_int_equal(failpoint_disarm("origin-read"), 0);
         wait_unstuck(f->origin, 5000);
@@ -358,9 +353,9 @@ static void test_hung_read_bounded(void **state) {
         /* Slow, not hung: 350 ms against a 300 ms limit; after the 100 ms back-off it has answered,
          * and the retry reads. */
         assert_int_equal(failpoint_arm("origin-read", "1*sleep(350)", NULL), 0);
-        t0 = now_ms();
+        t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(replica_reader_read(r, buf, sizeof buf, 0), (ssize_t) sizeof buf);
-        took = now_ms() - t0;
+        took = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         print_message("slow replica served after %" PRIu64 " ms\n", took);
         assert_memory_equal(buf, f->content, sizeof buf);
         assert_true(took >= 300 + 100);
@@ -448,9 +443,9 @@ static void test_walk_times_out(void **state) {
         Origin *ref = origin_ref(&h->base);     /* ours, to look at it after the walk gave up */
 
         WalkCount c = { .first_ms = 500 };
-        uint64_t t0 = now_ms();
+        uint64_t t0 = (now_usec(CLOCK_MONOTONIC) / 1000);
         assert_int_equal(origin_walk(&h->base, count_fn, &c), -ETIMEDOUT);
-        uint64_t took = now_ms() - t0;
+        uint64_t took = (now_usec(CLOCK_MONOTONIC) / 1000) - t0;
         print_message("hung walk answered after %" PRIu64 " ms\n", took);
         assert_int_equal(c.n, 1);
         /* The limit counts from the last entry, past the callback's own 500 ms. */
@@ -459,9 +454,9 @@ static void test_walk_times_out(void **state) {
 
         /* The origin comes back: the abandoned walk stops at its next entry, never calling us again. */
         assert_int_equal(write(h->pipe[1], "x", 1), 1);
-        uint64_t end = now_ms() + 5000;
+        uint64_t end = (now_usec(CLOCK_MONOTONIC) / 1000) + 5000;
         while (!atomic_load(&h->walk_ended)) {
-                assert_true(now_ms() < end);
+                assert_true((now_usec(CLOCK_MONOTONIC) / 1000) < end);
                 usleep(10 * 1000);
         }
         assert_int_equal(atomic_load(&h->last_fn_result), -ECANCELED);

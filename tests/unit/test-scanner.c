@@ -26,6 +26,7 @@
 #include "origin.h"
 #include "scanner.h"
 #include "tags.h"
+#include "time-util.h"
 
 extern char **environ;
 
@@ -991,11 +992,6 @@ static uint32_t fired(const char *name) {
         return count;
 }
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        assert_int_equal(clock_gettime(CLOCK_MONOTONIC, &ts), 0);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
 #endif
 
 /* Tag reads overlap: with every origin read taking 20 ms (a remote origin's round trip, made with
@@ -1014,9 +1010,9 @@ static void test_concurrent_reads(void **state) {
         populate_titled(f, 40);
 
         assert_int_equal(failpoint_arm("origin-read", "sleep(20)", NULL), 0);
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         assert_int_equal(scan_origin(f->catalog, f->origin, 0, &serial, &s), 0);
-        uint64_t serial_usec = now_usec() - t0;
+        uint64_t serial_usec = now_usec(CLOCK_MONOTONIC) - t0;
         uint32_t reads = fired("origin-read");
         assert_stats(s, 40, 40, 0, 0, 0, 0, 0);
         assert_int_equal(s.read, 40);
@@ -1029,9 +1025,9 @@ static void test_concurrent_reads(void **state) {
         assert_int_equal(catalog_origin_ensure(other, "music", f->music, 0, &other_id), 0);
         f->origin->id = other_id;
         assert_int_equal(failpoint_arm("origin-read", "sleep(20)", NULL), 0);
-        t0 = now_usec();
+        t0 = now_usec(CLOCK_MONOTONIC);
         assert_int_equal(scan_origin(other, f->origin, 0, NULL, &s), 0);
-        uint64_t concurrent_usec = now_usec() - t0;
+        uint64_t concurrent_usec = now_usec(CLOCK_MONOTONIC) - t0;
         f->origin->id = id;
         failpoint_disarm_all();
         assert_stats(s, 40, 40, 0, 0, 0, 0, 0);

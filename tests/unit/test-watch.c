@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "time-util.h"
 #include "watch.h"
 
 #define DEADLINE_USEC (5ULL * 1000000ULL)
@@ -38,12 +39,6 @@ typedef struct Fixture {
         Report reports[MAX_REPORTS];
         size_t n_reports;
 } Fixture;
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
-}
 
 static void on_report(int64_t origin_id, WatchReport kind, const char *const *paths, size_t n_paths, void *userdata) {
         Fixture *f = userdata;
@@ -74,11 +69,11 @@ static void reports_clear(Fixture *f) {
 
 /* Waits until at least n reports arrived; returns how many there are. */
 static size_t wait_reports(Fixture *f, size_t n) {
-        uint64_t deadline = now_usec() + DEADLINE_USEC;
+        uint64_t deadline = now_usec(CLOCK_MONOTONIC) + DEADLINE_USEC;
         size_t got;
 
         pthread_mutex_lock(&f->lock);
-        while (f->n_reports < n && now_usec() < deadline) {
+        while (f->n_reports < n && now_usec(CLOCK_MONOTONIC) < deadline) {
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
                 ts.tv_nsec += 20 * 1000 * 1000;
@@ -106,15 +101,15 @@ static bool reported(Fixture *f, const char *path) {
 }
 
 static void wait_reported(Fixture *f, const char *path) {
-        uint64_t deadline = now_usec() + DEADLINE_USEC;
+        uint64_t deadline = now_usec(CLOCK_MONOTONIC) + DEADLINE_USEC;
         while (!reported(f, path)) {
-                assert_true(now_usec() < deadline);
+                assert_true(now_usec(CLOCK_MONOTONIC) < deadline);
                 wait_reports(f, f->n_reports + 1);
         }
 }
 
 static void wait_kind(Fixture *f, WatchReport kind, size_t *ret_index) {
-        uint64_t deadline = now_usec() + DEADLINE_USEC;
+        uint64_t deadline = now_usec(CLOCK_MONOTONIC) + DEADLINE_USEC;
         for (;;) {
                 pthread_mutex_lock(&f->lock);
                 for (size_t i = 0; i < f->n_reports; i++)
@@ -126,7 +121,7 @@ static void wait_kind(Fixture *f, WatchReport kind, size_t *ret_index) {
                         }
                 size_t n = f->n_reports;
                 pthread_mutex_unlock(&f->lock);
-                assert_true(now_usec() < deadline);
+                assert_true(now_usec(CLOCK_MONOTONIC) < deadline);
                 wait_reports(f, n + 1);
         }
 }
@@ -289,13 +284,13 @@ static void test_debounce(void **state) {
         assert_int_equal(watcher_add(f->w, 1, "o", f->dir, WATCH_INOTIFY, 0), 0);
         assert_int_equal(watcher_count_watches(f->w, 1), 2);
 
-        uint64_t t0 = now_usec();
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
         for (int i = 0; i < 20; i++) {
                 snprintf(name, sizeof name, "d/%02d.flac", i);
                 write_file(f, name, "a");
                 write_file(f, name, "ab");      /* the same file again: one path */
         }
-        uint64_t burst = now_usec() - t0;
+        uint64_t burst = now_usec(CLOCK_MONOTONIC) - t0;
         assert_int_equal(wait_reports(f, 1), 1);
         /* The burst took far less than the 700 ms quiet period: one set of 20 paths. */
         if (burst < 300 * 1000) {
@@ -387,8 +382,8 @@ static void test_poll_and_off(void **state) {
         assert_int_equal(watcher_count_watches(f->w, 8), -EOPNOTSUPP);
         assert_true(watcher_count_watches(f->w, 9) < 0);
         write_file(f, "ignored.flac", "1");
-        uint64_t deadline = now_usec() + DEADLINE_USEC;
-        while (polls < 3 && now_usec() < deadline) {
+        uint64_t deadline = now_usec(CLOCK_MONOTONIC) + DEADLINE_USEC;
+        while (polls < 3 && now_usec(CLOCK_MONOTONIC) < deadline) {
                 wait_reports(f, polls + 1);
                 polls = 0;
                 pthread_mutex_lock(&f->lock);
