@@ -353,25 +353,22 @@ class Musicfsd:
         self.d.cleanup()
 
 
-class PassthroughLL:
-    """libfuse's passthrough_ll example over the origin (ro, cache=always: keep_cache, 86,400 s
-    timeouts, like musicfsd's defaults)."""
+class LibfuseExample:
+    """One of libfuse's examples, mounted in the foreground until cleanup()."""
 
-    def __init__(self, binary, source, mountpoint):
-        self.binary, self.source, self.mountpoint = binary, source, mountpoint
-        os.makedirs(mountpoint, exist_ok=True)
+    def __init__(self, binary, mountpoint, argv, what):
+        self.binary, self.mountpoint, self.argv, self.what = binary, mountpoint, argv, what
         self.proc = None
         self.logf = None
 
     def start(self, timeout=10):
         self.logf = open(self.mountpoint + '.log', 'wb')
-        self.proc = subprocess.Popen([self.binary, '-f', '-o', 'ro,cache=always,source=' + self.source,
-                                      self.mountpoint], stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT, preexec_fn=harness._pdeathsig)
+        self.proc = subprocess.Popen([self.binary, '-f'] + self.argv + [self.mountpoint], stdin=subprocess.DEVNULL,
+                                     stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=harness._pdeathsig)
         harness.wait_until(lambda: harness.is_mounted(self.mountpoint) or self.proc.poll() is not None,
-                           timeout, message='passthrough_ll to mount')
+                           timeout, message='%s to mount' % self.what)
         if self.proc.poll() is not None:
-            raise RuntimeError('passthrough_ll exited with %s' % self.proc.returncode)
+            raise RuntimeError('%s exited with %s' % (self.what, self.proc.returncode))
 
     @property
     def pid(self):
@@ -386,35 +383,25 @@ class PassthroughLL:
         self.proc = None
 
 
-class BareFuse:
+class PassthroughLL(LibfuseExample):
+    """libfuse's passthrough_ll example over the origin (ro, cache=always: keep_cache, 86,400 s
+    timeouts, like musicfsd's defaults)."""
+
+    def __init__(self, binary, source, mountpoint):
+        os.makedirs(mountpoint, exist_ok=True)
+        super().__init__(binary, mountpoint, ['-o', 'ro,cache=always,source=' + source], 'passthrough_ll')
+
+
+class BareFuse(LibfuseExample):
     """libfuse's null example: a FUSE file system whose root is one 4 GiB file of zeros, each READ
     answered by a memset. No storage, no lookups, no hashing: what moving the bytes through FUSE
     costs on this machine, the ceiling of any FUSE file system's cold read (a kernel with
     FUSE_PASSTHROUGH aside, which libfuse 3.14 cannot ask for)."""
 
     def __init__(self, binary, mountpoint):
-        self.binary, self.mountpoint = binary, mountpoint
         with open(mountpoint, 'ab'):
             pass                      # null mounts on a regular file
-        self.proc = None
-
-    def start(self, timeout=10):
-        self.proc = subprocess.Popen([self.binary, '-f', self.mountpoint], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=harness._pdeathsig)
-        harness.wait_until(lambda: harness.is_mounted(self.mountpoint) or self.proc.poll() is not None,
-                           timeout, message='libfuse null example to mount')
-        if self.proc.poll() is not None:
-            raise RuntimeError('null exited with %s' % self.proc.returncode)
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def cleanup(self):
-        harness.terminate(self.proc)
-        harness.lazy_unmount(self.mountpoint)
-        self.proc = None
+        super().__init__(binary, mountpoint, [], 'libfuse null example')
 
 
 def set_read_ahead_kb(mountpoint, kb):

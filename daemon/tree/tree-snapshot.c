@@ -230,6 +230,14 @@ static int reader_get(Reader *rd, void *p, size_t n) {
         return (size_t) k == n ? 0 : -EBADMSG;  /* shorter than its header says */
 }
 
+/* The next records of a section into rd->buf: as many of the left ones of size bytes as fit. */
+static int reader_batch(Reader *rd, uint64_t left, size_t size, size_t *ret_n) {
+        size_t per = SNAPSHOT_IO_BUF / size;
+
+        *ret_n = left < per ? (size_t) left : per;
+        return reader_get(rd, rd->buf, *ret_n * size);
+}
+
 /* The digest is checked on a thread of its own, reading the file through its own offsets, while the
  * caller's thread reads and converts the same bytes: at a million tracks hashing 170 MB is ~100 ms,
  * as long as the rest together. */
@@ -314,15 +322,14 @@ static int header_check(const SnapshotHeader *h, uint64_t file_size) {
 }
 
 static int read_nodes(Reader *rd, const SnapshotHeader *h, Tree *t) {
-        SnapshotNode *s = (SnapshotNode *) rd->buf;
-        const size_t per = SNAPSHOT_IO_BUF / sizeof *s;
+        const SnapshotNode *s = (const SnapshotNode *) rd->buf;
         const char *strings = t->strings.head->data;
         uint64_t children = 0, replicas = 0, files = 0;
+        size_t k;
         int r;
 
         for (size_t done = 0; done < t->n_nodes;) {
-                size_t k = t->n_nodes - done < per ? t->n_nodes - done : per;
-                r = reader_get(rd, s, k * sizeof *s);
+                r = reader_batch(rd, t->n_nodes - done, sizeof *s, &k);
                 if (r < 0)
                         return r;
                 for (size_t i = 0; i < k; i++, done++) {
@@ -352,13 +359,12 @@ static int read_nodes(Reader *rd, const SnapshotHeader *h, Tree *t) {
 }
 
 static int read_children(Reader *rd, const SnapshotHeader *h, Tree *t) {
-        uint32_t *s = (uint32_t *) rd->buf;
-        const size_t per = SNAPSHOT_IO_BUF / sizeof *s;
+        const uint32_t *s = (const uint32_t *) rd->buf;
+        size_t k;
         int r;
 
         for (size_t done = 0; done < h->n_children;) {
-                size_t k = h->n_children - done < per ? h->n_children - done : per;
-                r = reader_get(rd, s, k * sizeof *s);
+                r = reader_batch(rd, h->n_children - done, sizeof *s, &k);
                 if (r < 0)
                         return r;
                 for (size_t i = 0; i < k; i++, done++) {
@@ -371,14 +377,13 @@ static int read_children(Reader *rd, const SnapshotHeader *h, Tree *t) {
 }
 
 static int read_replicas(Reader *rd, const SnapshotHeader *h, Tree *t) {
-        SnapshotReplica *s = (SnapshotReplica *) rd->buf;
-        const size_t per = SNAPSHOT_IO_BUF / sizeof *s;
+        const SnapshotReplica *s = (const SnapshotReplica *) rd->buf;
         const char *strings = t->strings.head->data;
+        size_t k;
         int r;
 
         for (size_t done = 0; done < h->n_replicas;) {
-                size_t k = h->n_replicas - done < per ? h->n_replicas - done : per;
-                r = reader_get(rd, s, k * sizeof *s);
+                r = reader_batch(rd, h->n_replicas - done, sizeof *s, &k);
                 if (r < 0)
                         return r;
                 for (size_t i = 0; i < k; i++, done++) {
