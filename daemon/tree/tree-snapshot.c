@@ -494,7 +494,7 @@ int tree_snapshot_read(const char *path, const void *key, size_t key_len, Tree *
         bool threaded = pthread_create(&thread, NULL, digest_check_main, &check) == 0;
 
         r = reader_get(&rd, got_key, key_len);
-        if (r >= 0 && memcmp(got_key, key, key_len) != 0)
+        if (r >= 0 && key_len > 0 && memcmp(got_key, key, key_len) != 0)
                 r = -ESTALE;
         if (r >= 0)
                 r = reader_get(&rd, annex, h.annex_len);

@@ -1058,20 +1058,29 @@ static void test_snapshot_refused(void **state) {
         assert_int_equal(read_back(path), -EBADMSG);
         assert_int_equal(unlink(path), 0);
 
-        /* crafted, with a right digest: out of bounds, unsorted, cycles, shared inodes */
+        /* crafted, with a right digest: out of bounds, unsorted, cycles, shared inodes. The sections
+         * sit at any byte offset in the file: they are edited in aligned copies and copied back. */
         Layout l = layout_of(good);
-        SnapshotNode *nodes = (SnapshotNode *) (bytes + l.nodes);
-        uint32_t *children = (uint32_t *) (bytes + l.children);
-        SnapshotReplica *replicas = (SnapshotReplica *) (bytes + l.replicas);
-        struct TreeFileEntry *ids = (struct TreeFileEntry *) (bytes + l.file_ids);
-        size_t last_file = l.h.n_nodes - 1, first_child_dir = 0;
-        while (first_child_dir < l.h.n_nodes && !(((SnapshotNode *) (good + l.nodes))[first_child_dir].n_children > 1 &&
-                                                 first_child_dir > 0))
+        size_t nodes_len = l.h.n_nodes * sizeof(SnapshotNode), children_len = l.h.n_children * sizeof(uint32_t),
+               replicas_len = l.h.n_replicas * sizeof(SnapshotReplica),
+               ids_len = l.h.n_file_ids * sizeof(struct TreeFileEntry);
+        _cleanup_free_ SnapshotNode *nodes = malloc(nodes_len);
+        _cleanup_free_ uint32_t *children = malloc(children_len);
+        _cleanup_free_ SnapshotReplica *replicas = malloc(replicas_len);
+        _cleanup_free_ struct TreeFileEntry *ids = malloc(ids_len);
+        assert_true(nodes && children && replicas && ids);
+        size_t last_file = l.h.n_nodes - 1, first_child_dir = 1;
+        memcpy(nodes, good + l.nodes, nodes_len);
+        while (first_child_dir < l.h.n_nodes && nodes[first_child_dir].n_children <= 1)
                 first_child_dir++;
         assert_true(first_child_dir < l.h.n_nodes);
 
         for (int c = 0; c < 11; c++) {
                 memcpy(bytes, good, len);
+                memcpy(nodes, good + l.nodes, nodes_len);
+                memcpy(children, good + l.children, children_len);
+                memcpy(replicas, good + l.replicas, replicas_len);
+                memcpy(ids, good + l.file_ids, ids_len);
                 SnapshotNode *d = nodes + first_child_dir;
                 switch (c) {
                 case 0: nodes[last_file].name = l.h.strings_len; break;
@@ -1091,6 +1100,13 @@ static void test_snapshot_refused(void **state) {
                 case 9: ids[0].file_id = INT64_MAX; break;              /* the file index out of order */
                 case 10: nodes[1].children_first += 1; break;           /* ranges that do not follow on */
                 }
+                if (c != 2) {
+                        memcpy(bytes + l.nodes, nodes, nodes_len);
+                        memcpy(bytes + l.children, children, children_len);
+                        memcpy(bytes + l.replicas, replicas, replicas_len);
+                        memcpy(bytes + l.file_ids, ids, ids_len);
+                }
+                assert_memory_not_equal(bytes, good, len);
                 write_file(path, bytes, len, true);
                 int r = read_back(path);
                 if (r != -EBADMSG)
