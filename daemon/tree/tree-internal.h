@@ -43,8 +43,9 @@ struct Tree {
 /* An array of n elements, zeroed or not, freed with free(); large ones are aligned and advised for
  * huge pages. NULL when out of memory. */
 void *tree_alloc_array(size_t n, size_t size, bool zero);
-/* A tree of n_nodes zeroed nodes and nothing else, one reference. */
-int tree_alloc(size_t n_nodes, Tree **ret);
+/* A tree of n_nodes nodes (zeroed, or left for the caller to fill in whole) and nothing else, one
+ * reference. */
+int tree_alloc(size_t n_nodes, bool zero, Tree **ret);
 void tree_free(Tree *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Tree *, tree_free);
 /* Indexes every node by inode number; -EBADMSG when two nodes share one. */

@@ -498,19 +498,16 @@ int tree_snapshot_read(const char *path, const void *key, size_t key_len, Tree *
                 r = -ESTALE;
         if (r >= 0)
                 r = reader_get(&rd, annex, h.annex_len);
+        /* Every element below is written before it is read: no zeroing. */
         if (r >= 0)
-                r = tree_alloc(1, &t);
+                r = tree_alloc(h.n_nodes, false, &t);
         if (r >= 0) {
-                /* Every element below is written before it is read: no zeroing. */
-                free(t->nodes);
-                t->nodes = tree_alloc_array(h.n_nodes, sizeof *t->nodes, false);
-                t->n_nodes = h.n_nodes;
                 t->n_files = h.n_files;
                 t->strings.head = tree_alloc_array(1, sizeof(ArenaBlock) + h.strings_len, false);
                 t->children = tree_alloc_array(h.n_children, sizeof *t->children, false);
                 t->replicas = tree_alloc_array(h.n_replicas, sizeof *t->replicas, false);
                 t->files_by_id = tree_alloc_array(h.n_file_ids, sizeof *t->files_by_id, false);
-                if (!t->nodes || !t->strings.head || !t->children || !t->replicas || !t->files_by_id)
+                if (!t->strings.head || !t->children || !t->replicas || !t->files_by_id)
                         r = -ENOMEM;
         }
         if (r >= 0) {

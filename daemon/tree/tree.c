@@ -401,12 +401,12 @@ char *tree_node_path(const Tree *t, const TreeNode *n) {
         return node_path_up(t, n, published_parent, t);
 }
 
-int tree_alloc(size_t n_nodes, Tree **ret) {
+int tree_alloc(size_t n_nodes, bool zero, Tree **ret) {
         Tree *t = calloc(1, sizeof(Tree));
         if (!t)
                 return -ENOMEM;
         atomic_init(&t->n_ref, 1);
-        t->nodes = calloc(n_nodes, sizeof(TreeNode));
+        t->nodes = tree_alloc_array(n_nodes, sizeof(TreeNode), zero);
         if (!t->nodes) {
                 free(t);
                 return -ENOMEM;
@@ -420,7 +420,7 @@ int tree_new_empty(Tree **ret) {
         _cleanup_(tree_freep) Tree *t = NULL;
         int r;
 
-        r = tree_alloc(1, &t);
+        r = tree_alloc(1, true, &t);
         if (r < 0)
                 return r;
         t->nodes[0] = (TreeNode) { .ino = TREE_ROOT_INO, .parent = TREE_ROOT_INO, .name = (char *) "", .is_dir = true };
@@ -1209,7 +1209,7 @@ static int build_nodes(Build *b) {
         Tree *t;
         int r;
 
-        r = tree_alloc(b->n_dirs + b->n_vf, &b->tree);
+        r = tree_alloc(b->n_dirs + b->n_vf, true, &b->tree);
         if (r < 0)
                 return r;
         t = b->tree;
