@@ -1977,12 +1977,7 @@ static void *worker_main(void *userdata) {
                         sync_request_done(&q);
 
                         pthread_mutex_lock(&m->lock);
-                        continue;
                 }
-
-                pthread_mutex_unlock(&m->lock);
-                worker_rebuild(m);
-                pthread_mutex_lock(&m->lock);
         }
         pthread_mutex_unlock(&m->lock);
         return NULL;
